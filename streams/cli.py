@@ -1,0 +1,92 @@
+"""The ``streamsight`` command line.
+
+Every command exits non-zero with one line on stderr when it fails; long work shows
+progress. Command bodies stay short: they call into streams/ and agents/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streams import config
+from streams.errors import StreamsightError
+
+app = typer.Typer(
+    name="streamsight",
+    help="Kafka events to per-key batches, AI insights and TimescaleDB rows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Manage the Kafka topics declared in topics.yaml.", no_args_is_help=True)
+db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> config.Settings:
+    return config.load()
+
+
+@topics_app.command("apply")
+def topics_apply(
+    file: Annotated[Path | None, typer.Option(help="topics file (default: TOPICS_FILE)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
+    raise_partitions: Annotated[
+        bool, typer.Option("--raise-partitions", help="add partitions where topics.yaml asks for more")
+    ] = False,
+) -> None:
+    """Create missing topics, show how existing ones differ; never deletes."""
+    raise NotImplementedError
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the numbered SQL migrations in sql/ (idempotent, safe to run concurrently)."""
+    raise NotImplementedError
+
+
+@app.command()
+def worker(
+    agents: Annotated[
+        str | None, typer.Option(help="comma-separated agents to run (default: all)")
+    ] = None,
+) -> None:
+    """Run the Faust worker: every agent, or those named by --agents."""
+    raise NotImplementedError
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(min=1, help="events to send")] = 1000,
+    rate: Annotated[float, typer.Option(min=0, help="events per second (0 = as fast as possible)")] = 0,
+    sources: Annotated[int, typer.Option(min=1, help="distinct source services (keys)")] = 5,
+    invalid_ratio: Annotated[
+        float, typer.Option(min=0, max=1, help="share of deliberately invalid messages")
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="random seed for repeatable traffic")] = None,
+    topic: Annotated[str, typer.Option(help="topic to produce to")] = config.EVENTS_TOPIC,
+) -> None:
+    """Send realistic synthetic traffic to the events topic."""
+    raise NotImplementedError
+
+
+@app.command()
+def demo() -> None:
+    """Start an embedded broker and PostgreSQL, a worker and sample traffic; print batches."""
+    raise NotImplementedError
+
+
+def main() -> None:
+    try:
+        app()
+    except StreamsightError as exc:
+        print(f"streamsight: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

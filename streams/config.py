@@ -1,0 +1,65 @@
+"""Settings: the only module that reads the environment (and ``.env`` when present).
+
+Every other module receives a frozen ``Settings``. A bad value stops start-up with one
+line naming the setting (see ``load``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/streamsight"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    app_id: str = Field("streamsight", min_length=1)
+    topics_file: str = "topics.yaml"
+    web_port: int = Field(6066, ge=0, le=65535)
+
+    batch_max_events: int = Field(100, ge=1, le=100_000)
+    batch_max_age_seconds: float = Field(600.0, gt=0)
+    max_event_bytes: int = Field(64 * 1024, ge=256)
+
+    consumer_max_records: int = Field(5000, ge=1)
+    consumer_session_timeout_ms: int = Field(30_000, ge=1000)
+    consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
+
+    ai_requests_per_minute: int = Field(60, ge=1)
+    ai_tokens_per_minute: int = Field(90_000, ge=1)
+    ai_max_attempts: int = Field(5, ge=1)
+    circuit_failure_threshold: int = Field(5, ge=1)
+    circuit_cooldown_seconds: float = Field(600.0, gt=0)
+
+
+def load(**overrides: object) -> Settings:
+    """Read settings; raise ConfigError with one line naming the first bad setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+
+
+# Topic names as declared in topics.yaml.
+EVENTS_TOPIC = "events"
+ANALYSIS_REQUESTS_TOPIC = "analysis-requests"
+INSIGHTS_TOPIC = "insights"
+PERFORMANCE_TOPIC = "performance"
+ERRORS_TOPIC = "errors"
+DEAD_LETTER_TOPIC = "dead-letter"

@@ -1,0 +1,174 @@
+"""PostgreSQL through asyncpg: the pool and the migration runner.
+
+Foreign errors leave this module as ``streams.errors`` exceptions whose messages never
+carry a password (DSNs are redacted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from streams.adapters.logs import redact_dsn
+from streams.errors import ConfigError, PermanentError, RetryableError
+
+# The repository's sql/ beside the package; right for the editable install and the repo.
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+# One fixed advisory-lock key for "schema migrations of this database": any bigint works
+# as long as every streamsight process uses the same one.
+MIGRATION_LOCK_KEY = 0x5354_5245_414D_5347  # "STREAMSG"
+
+_MIGRATION_FILE = re.compile(r"^(?P<version>\d{3})_(?P<name>[a-z0-9_]+)\.sql$")
+
+_CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     text        PRIMARY KEY,
+    name        text        NOT NULL,
+    checksum    text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def _connection_error(dsn: str, exc: BaseException) -> Exception:
+    where = redact_dsn(dsn)
+    detail = redact_dsn(str(exc)) or type(exc).__name__
+    # Wrong credentials or a missing database do not fix themselves: say so plainly.
+    if isinstance(
+        exc,
+        asyncpg.InvalidPasswordError
+        | asyncpg.InvalidAuthorizationSpecificationError
+        | asyncpg.InvalidCatalogNameError,
+    ):
+        return PermanentError(f"cannot use PostgreSQL at {where}: {detail}")
+    return RetryableError(f"cannot reach PostgreSQL at {where}: {detail}")
+
+
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def connect(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+) -> asyncpg.Pool:
+    """Open a pool; RetryableError when the server is unreachable, PermanentError on auth."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, timeout=connect_timeout
+        )
+    except _CONNECT_ERRORS as exc:
+        raise _connection_error(dsn, exc) from None
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def _connection(dsn: str, connect_timeout: float = 10.0) -> AsyncIterator[asyncpg.Connection]:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout)
+    except _CONNECT_ERRORS as exc:
+        raise _connection_error(dsn, exc) from None
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+    sql: str
+    checksum: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}_{self.name}"
+
+
+def discover(sql_dir: Path) -> list[Migration]:
+    """The numbered migrations in ``sql_dir``, in order; a stray or duplicate file is an error."""
+    if not sql_dir.is_dir():
+        raise ConfigError(f"{sql_dir}: migrations directory not found")
+    found: dict[str, Migration] = {}
+    for path in sorted(sql_dir.glob("*.sql")):
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            raise ConfigError(f"{path}: migration files are named NNN_name.sql")
+        version = match["version"]
+        if version in found:
+            raise ConfigError(f"{path}: version {version} also used by {found[version].path.name}")
+        data = path.read_bytes()
+        found[version] = Migration(
+            version=version,
+            name=match["name"],
+            path=path,
+            sql=data.decode("utf-8"),
+            checksum=hashlib.sha256(data).hexdigest(),
+        )
+    return [found[v] for v in sorted(found)]
+
+
+async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
+    """Apply pending migrations; return the labels (``001_batches``) applied by this call.
+
+    Every file runs in its own transaction together with its ledger row. The whole run
+    holds a session advisory lock, so concurrent callers queue and the later ones find
+    nothing left to do. An applied file whose content changed stops the run before any
+    new file is applied.
+
+    A statement that refuses to run in a transaction (``CREATE INDEX CONCURRENTLY``, a
+    continuous aggregate created WITH DATA) does not belong in a migration: create
+    continuous aggregates WITH NO DATA and let their refresh policy fill them.
+    """
+    migrations = discover(sql_dir or SQL_DIR)
+    applied: list[str] = []
+    async with _connection(dsn) as conn:
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            try:
+                await conn.execute(_CREATE_LEDGER)
+                rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+                done = {row["version"]: row for row in rows}
+                for migration in migrations:
+                    row = done.get(migration.version)
+                    if row is not None and row["checksum"] != migration.checksum:
+                        raise PermanentError(
+                            f"{migration.path.name} changed after it was applied "
+                            "(checksum differs); add a new migration instead of editing it"
+                        )
+                for migration in migrations:
+                    if migration.version in done:
+                        continue
+                    await _apply(conn, migration)
+                    applied.append(migration.label)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            raise _connection_error(dsn, exc) from None
+    return applied
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
+    try:
+        async with conn.transaction():
+            # No arguments: asyncpg sends the file as one simple query, so a file may hold
+            # many statements and DO blocks.
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+    except asyncpg.PostgresConnectionError:
+        raise
+    except asyncpg.PostgresError as exc:
+        raise PermanentError(f"{migration.path.name} failed: {exc}") from None

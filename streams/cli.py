@@ -71,7 +71,26 @@ def produce(
     topic: Annotated[str, typer.Option(help="topic to produce to")] = config.EVENTS_TOPIC,
 ) -> None:
     """Send realistic synthetic traffic to the events topic."""
-    raise NotImplementedError
+    # Imported here so other commands do not pay for loading librdkafka.
+    from streams.produce import produce as send_traffic
+
+    report = send_traffic(
+        bootstrap=_settings().kafka_bootstrap_servers,
+        topic=topic,
+        count=count,
+        rate=rate,
+        sources=sources,
+        invalid_ratio=invalid_ratio,
+        seed=seed,
+        progress=sys.stderr.isatty(),
+    )
+    print(
+        f"produced {report.delivered}/{report.sent} events to {topic} "
+        f"({report.invalid} invalid) in {report.elapsed_s:.1f}s, "
+        f"{report.rate:,.0f} ev/s, {report.failed} failed"
+    )
+    if report.failed:
+        raise StreamsightError(f"{report.failed} deliveries failed: {report.first_error}")
 
 
 @app.command()

@@ -40,13 +40,54 @@ def topics_apply(
     ] = False,
 ) -> None:
     """Create missing topics, show how existing ones differ; never deletes."""
-    raise NotImplementedError
+    from rich.console import Console
+    from rich.table import Table
+
+    from streams.adapters import kafka
+
+    settings = _settings()
+    path = file or Path(settings.topics_file)
+    specs = kafka.load_topics(path)
+    admin = kafka.make_admin(settings.kafka_bootstrap_servers)
+    plan = kafka.plan_topics(admin, specs)
+
+    styles = {"create": "green", "ok": "dim", "differs": "yellow"}
+    table = Table(title=f"{path} -> {settings.kafka_bootstrap_servers}", title_justify="left")
+    for column in ("topic", "action", "details"):
+        table.add_column(column)
+    for state in plan.topics:
+        action: str = state.action
+        if state.partitions_to_add and raise_partitions:
+            action = "raise partitions"
+        style = styles.get(action, "cyan")
+        table.add_row(state.spec.name, f"[{style}]{action}[/]", "\n".join(state.details()))
+    console = Console()
+    console.print(table)
+    if dry_run:
+        console.print("dry run: nothing changed")
+        return
+    result = kafka.apply_plan(admin, plan, raise_partitions=raise_partitions)
+    console.print(
+        f"created {len(result.created)}, raised partitions on {len(result.raised)}, "
+        f"{len(plan.differing)} differ (left as they are)"
+    )
 
 
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the numbered SQL migrations in sql/ (idempotent, safe to run concurrently)."""
-    raise NotImplementedError
+    import asyncio
+
+    from rich.console import Console
+
+    from streams.adapters import db
+
+    applied = asyncio.run(db.migrate(_settings().database_url))
+    console = Console()
+    if not applied:
+        console.print("database schema up to date")
+    for label in applied:
+        console.print(f"applied {label}")
 
 
 @app.command()

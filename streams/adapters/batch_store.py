@@ -1,0 +1,83 @@
+"""The ``batches`` table as the record of seal decisions (asyncpg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+import msgspec
+
+from streams.core.batching import SealDecision
+from streams.core.models import AnalysisRequest, SealReason
+from streams.errors import PermanentError, RetryableError
+
+_INSERT = """
+INSERT INTO batches (batch_id, source, topic, partition, first_offset, last_offset,
+                     event_count, seal_reason, opened_at, sealed_at, first_event_at,
+                     last_event_at, digest)
+SELECT b.batch_id, b.source, b.topic, b.partition, b.first_offset, b.last_offset,
+       b.event_count, b.seal_reason, b.opened_at, b.sealed_at, b.first_event_at,
+       b.last_event_at, b.digest::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bigint[],
+            $7::int[], $8::text[], $9::timestamptz[], $10::timestamptz[],
+            $11::timestamptz[], $12::timestamptz[], $13::text[])
+     AS b(batch_id, source, topic, partition, first_offset, last_offset, event_count,
+          seal_reason, opened_at, sealed_at, first_event_at, last_event_at, digest)
+ON CONFLICT DO NOTHING
+"""
+
+_DECISIONS = """
+SELECT source, first_offset, last_offset, seal_reason, opened_at, sealed_at
+FROM batches
+WHERE topic = $1 AND partition = $2 AND last_offset >= $3
+ORDER BY first_offset
+"""
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _mapped(exc: BaseException) -> Exception:
+    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
+        exc, asyncpg.exceptions.PostgresConnectionError | asyncpg.exceptions.CannotConnectNowError
+    ):
+        return PermanentError(f"batches table: {exc.__class__.__name__}: {exc}")
+    return RetryableError(f"database unavailable: {exc.__class__.__name__}: {exc}")
+
+
+class BatchStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record(self, requests: Sequence[AnalysisRequest]) -> None:
+        """Insert sealed batches; a batch recorded before is left as it is."""
+        if not requests:
+            return
+        columns: list[list[object]] = [[] for _ in range(13)]
+        for r in requests:
+            row = (r.batch_id, r.key, r.topic, r.partition, r.first_offset, r.last_offset,
+                   r.event_count, r.seal_reason.value, r.opened_at, r.sealed_at,
+                   r.first_event_at, r.last_event_at, _encode(r.digest).decode())
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        try:
+            await self._pool.execute(_INSERT, *columns)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise _mapped(exc) from exc
+
+    async def decisions(self, topic: str, partition: int, start: int) -> list[SealDecision]:
+        """Seal decisions on a partition that reach ``start`` or beyond."""
+        try:
+            rows = await self._pool.fetch(_DECISIONS, topic, partition, start)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise _mapped(exc) from exc
+        return [
+            SealDecision(
+                key=row["source"],
+                first_offset=row["first_offset"],
+                last_offset=row["last_offset"],
+                reason=SealReason(row["seal_reason"]),
+                opened_at=row["opened_at"],
+                sealed_at=row["sealed_at"],
+            )
+            for row in rows
+        ]

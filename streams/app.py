@@ -1,0 +1,45 @@
+"""Build the Faust app from settings: one app, every agent, one worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import faust
+from mode import Service
+
+from streams.config import Settings
+from streams.errors import ConfigError
+
+# Each agent registers itself on the app; the worker starts those it is asked for.
+AgentFactory = Callable[[faust.App, Settings], Service | None]
+
+
+def known_agents() -> dict[str, AgentFactory]:
+    from agents import batcher
+
+    return {"batcher": batcher.install}
+
+
+def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust.App:
+    available = known_agents()
+    chosen = list(available) if agents is None else list(agents)
+    unknown = sorted(set(chosen) - set(available))
+    if unknown:
+        raise ConfigError(
+            f"unknown agent(s) {', '.join(unknown)}; known: {', '.join(sorted(available))}"
+        )
+    session_ms = settings.consumer_session_timeout_ms
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        web_port=settings.web_port,
+        web_enabled=settings.web_port != 0,
+        topic_replication_factor=1,
+        topic_allow_declare=False,
+        broker_session_timeout=session_ms / 1000,
+        broker_heartbeat_interval=settings.consumer_heartbeat_interval_ms / 1000,
+        producer_acks=-1,
+    )
+    for name in chosen:
+        available[name](app, settings)
+    return app

@@ -97,7 +97,10 @@ def worker(
     ] = None,
 ) -> None:
     """Run the Faust worker: every agent, or those named by --agents."""
-    raise NotImplementedError
+    from streams.worker import run_worker
+
+    chosen = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
+    run_worker(_settings(), chosen)
 
 
 @app.command()

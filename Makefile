@@ -1,0 +1,56 @@
+# streamsight developer entry points. `make` alone lists them.
+SHELL := bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+PYTEST_ARGS ?= --timeout=600
+# Alert-rule tests for promtool; `test` runs them as soon as such files exist.
+PROMTOOL_TESTS := $(wildcard prometheus/*test*.yml prometheus/tests/*.yml)
+
+.PHONY: help venv services test test-unit test-integration test-rules lint bench demo
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## create .venv and install streamsight with dev extras
+
+# Reinstall only when the dependencies change.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+services: venv ## make sure PostgreSQL answers and the embedded broker starts
+	$(PY) -m streams.embedded check
+
+test: venv services ## everything: unit, integration (real broker + PostgreSQL), alert rules
+	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
+	$(PY) -m pytest $(PYTEST_ARGS) -q tests/integration
+	@$(MAKE) --no-print-directory test-rules
+
+test-unit: venv ## unit tests only: no services, seconds
+	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
+
+test-integration: venv services ## integration tests only
+	$(PY) -m pytest $(PYTEST_ARGS) -q tests/integration
+
+test-rules: ## promtool tests of the Prometheus alert rules (when there are any)
+ifneq ($(strip $(PROMTOOL_TESTS)),)
+	promtool test rules $(PROMTOOL_TESTS)
+else
+	@echo "no promtool rule tests yet"
+endif
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy streams agents
+
+bench: venv ## throughput and latency benchmarks (embedded broker)
+	$(PY) bench/run.py
+
+demo: venv ## embedded broker + PostgreSQL, a worker and sample traffic
+	$(PY) -m streams.cli demo

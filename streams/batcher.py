@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from confluent_kafka import Message
 
 from streams import config
 from streams.adapters.batch_store import BatchStore
@@ -62,7 +63,7 @@ class BatcherHandler:
         for partition in partitions:
             self.batcher.revoke(partition)
 
-    def records(self, partition: int, records: list[ConsumerRecord], now: float) -> None:
+    def records(self, partition: int, records: list[Message], now: float) -> None:
         ingest(self.batcher, partition, records, now, self.max_event_bytes,
                self._sealed, self._rejected)
 
@@ -88,8 +89,8 @@ class BatcherHandler:
                 log.debug("batch.sealed", batch_id=request.batch_id, key=request.key,
                           events=request.event_count, reason=request.seal_reason.value)
             for record, rejection in rejected:
-                log.info("event.dead_lettered", partition=record.partition,
-                         offset=record.offset, reason=rejection.reason.value,
+                log.info("event.dead_lettered", partition=record.partition(),
+                         offset=record.offset(), reason=rejection.reason.value,
                          field=rejection.field)
             self.batches_sealed += len(sealed)
             self.dead_lettered += len(rejected)
@@ -102,10 +103,10 @@ class BatcherHandler:
         send = self.producer.send
         pending = []
         for record, rejection in rejected:
-            headers = deadletter.headers(rejection, self.topic, record.partition,
-                                         record.offset, record.timestamp)
-            pending.append(await send(config.DEAD_LETTER_TOPIC, record.value, key=record.key,
-                                      headers=headers))
+            headers = deadletter.headers(rejection, self.topic, record.partition() or 0,
+                                         record.offset() or 0, record.timestamp()[1])
+            pending.append(await send(config.DEAD_LETTER_TOPIC, record.value(),
+                                      key=record.key(), headers=headers))
         for request in sealed:
             pending.append(await send(config.ANALYSIS_REQUESTS_TOPIC, _encode(request),
                                       key=request.key.encode()))

@@ -107,28 +107,23 @@ class Batcher:
         self, partition: int, offset: int, key: str, event: Event, now: float,
         sealed: list[AnalysisRequest],
     ) -> None:
-        """Add one valid event read at ``offset``; a batch it completes goes to ``sealed``."""
-        self._position[partition] = offset + 1
+        """Add one valid event read at ``offset``; a batch it completes goes to ``sealed``.
+
+        The caller reports how far it has read with ``advance`` once per fetch."""
         open_batches = self._open[partition]
         batch = open_batches.get(key)
-        if batch is not None and batch.replaying is not None and (
-            offset > batch.replaying.last_offset
-        ):
-            # The recorded batch ended before this event (its last one is gone): close it.
-            del open_batches[key]
-            sealed.append(self._seal(partition, batch, batch.replaying.reason,
-                                     batch.replaying.sealed_at.timestamp()))
-            batch = None
-        if batch is None:
-            batch = self._open_batch(partition, key, offset, now)
+        if batch is None or batch.replaying is not None:
+            batch = self._batch_for(partition, open_batches, batch, key, offset, now, sealed)
             if batch is None:
                 return
-            open_batches[key] = batch
-        if event.event_id in batch.ids:
+        ids = batch.ids
+        event_id = event.event_id
+        if event_id in ids:
             self.duplicates += 1
             return
-        batch.ids.add(event.event_id)
-        batch.events.append(event)
+        ids.add(event_id)
+        events = batch.events
+        events.append(event)
         batch.last_offset = offset
         replaying = batch.replaying
         if replaying is not None:
@@ -136,9 +131,31 @@ class Batcher:
                 del open_batches[key]
                 sealed.append(self._seal(partition, batch, replaying.reason,
                                          replaying.sealed_at.timestamp()))
-        elif len(batch.events) >= self.max_events:
+        elif len(events) >= self.max_events:
             del open_batches[key]
             sealed.append(self._seal(partition, batch, SealReason.COUNT, now))
+
+    def advance(self, partition: int, position: int) -> None:
+        """Everything before ``position`` has been read (batched or dead-lettered)."""
+        self._position[partition] = position
+
+    def _batch_for(
+        self, partition: int, open_batches: dict[str, _OpenBatch], batch: _OpenBatch | None,
+        key: str, offset: int, now: float, sealed: list[AnalysisRequest],
+    ) -> _OpenBatch | None:
+        """The slow path of ``add``: open a batch, or close a re-formed one that ended."""
+        if batch is not None:
+            assert batch.replaying is not None
+            if offset <= batch.replaying.last_offset:
+                return batch
+            # The recorded batch ended before this event (its last one is gone): close it.
+            del open_batches[key]
+            sealed.append(self._seal(partition, batch, batch.replaying.reason,
+                                     batch.replaying.sealed_at.timestamp()))
+        opened = self._open_batch(partition, key, offset, now)
+        if opened is not None:
+            open_batches[key] = opened
+        return opened
 
     def _open_batch(self, partition: int, key: str, offset: int, now: float) -> _OpenBatch | None:
         """A new batch starting at ``offset``, or None when that event is already in a
@@ -155,10 +172,6 @@ class Batcher:
             recorded.pop(0)
             return _OpenBatch(key, offset, head.opened_at.timestamp(), replaying=head)
         return _OpenBatch(key, offset, now)
-
-    def skip(self, partition: int, offset: int) -> None:
-        """Note that the message at ``offset`` went elsewhere (dead-letter)."""
-        self._position[partition] = offset + 1
 
     # -- time and shutdown --------------------------------------------------------
 

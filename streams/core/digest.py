@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from streams.core.models import Digest, Event, LatencyStats
 MAX_SAMPLES = 5
 MAX_TOP_ERRORS = 5
 ERROR_SEVERITIES = frozenset({"error", "critical"})
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 
 
 def is_error(event: Event) -> bool:
@@ -52,49 +52,59 @@ def _sample(event: Event) -> dict[str, Any]:
     return sample
 
 
+def _bump(counts: dict[str, int], label: str) -> None:
+    counts[label] = counts.get(label, 0) + 1
+
+
 def summarize(events: Sequence[Event]) -> Digest:
-    by_type: Counter[str] = Counter()
-    by_status: Counter[str] = Counter()
-    by_severity: Counter[str] = Counter()
-    routes: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
+    # Plain dicts, not Counter: this runs for every sealed batch on the hot path.
+    by_type: dict[str, int] = {}
+    by_status: dict[str, int] = {}
+    by_severity: dict[str, int] = {}
+    routes: dict[str, int] = {}
+    errors: dict[str, int] = {}
     users: set[str] = set()
     durations: list[float] = []
     error_samples: list[Event] = []
     for event in events:
-        by_type[event.event_type] += 1
-        if event.severity is not None:
-            by_severity[event.severity] += 1
+        by_type[event.event_type] = by_type.get(event.event_type, 0) + 1
+        severity = event.severity
+        if severity is not None:
+            by_severity[severity] = by_severity.get(severity, 0) + 1
         if event.user_id is not None:
             users.add(event.user_id)
         http = event.http
+        status = None
         if http is not None:
-            if http.status_code is not None:
-                by_status[f"{http.status_code // 100}xx"] += 1
+            status = http.status_code
+            if status is not None:
+                label = _STATUS_CLASS[status // 100]
+                by_status[label] = by_status.get(label, 0) + 1
             if http.route is not None:
-                routes[http.route] += 1
+                routes[http.route] = routes.get(http.route, 0) + 1
             if http.duration_ms is not None:
                 durations.append(http.duration_ms)
-        if is_error(event):
-            if event.error is not None:
-                label = f"{event.error.type or 'error'}: {event.error.message or ''}".strip()
-            elif http is not None and http.status_code is not None:
-                label = f"HTTP {http.status_code} {http.route or ''}".strip()
-            else:
-                label = event.event_type
-            errors[label] += 1
-            if len(error_samples) < MAX_SAMPLES:
-                error_samples.append(event)
+        if event.error is not None:
+            _bump(errors, f"{event.error.type or 'error'}: {event.error.message or ''}".strip())
+        elif severity in ERROR_SEVERITIES or (status is not None and status >= 500):
+            _bump(errors, f"HTTP {status} {http.route or ''}".strip()
+                  if http is not None and status is not None else event.event_type)
+        else:
+            continue
+        if len(error_samples) < MAX_SAMPLES:
+            error_samples.append(event)
     # Errors first: they are what the analyst most needs to see.
     chosen = error_samples + [e for e in events[:MAX_SAMPLES] if e not in error_samples]
+    top_errors = sorted(errors.items(), key=lambda item: (-item[1], item[0]))[:MAX_TOP_ERRORS]
+    top_routes = sorted(routes.items(), key=lambda item: (-item[1], item[0]))[:10]
     return Digest(
-        by_type=dict(by_type),
-        by_status=dict(by_status),
-        by_severity=dict(by_severity),
+        by_type=by_type,
+        by_status=by_status,
+        by_severity=by_severity,
         error_count=sum(errors.values()),
-        top_errors=errors.most_common(MAX_TOP_ERRORS),
+        top_errors=top_errors,
         latency=latency_stats(durations),
-        routes=dict(routes.most_common(10)),
+        routes=dict(top_routes),
         users=len(users),
         samples=[_sample(e) for e in chosen[:MAX_SAMPLES]],
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from streams.core.batching import Batcher
 from streams.core.models import AnalysisRequest, Rejection
@@ -16,25 +16,21 @@ from streams.core.schema import parse
 
 
 class Record(Protocol):
-    """The fields of a consumed Kafka message that ingestion reads."""
+    """The parts of a consumed Kafka message that ingestion reads (confluent-kafka's
+    ``Message`` API: accessor methods, a timestamp as (type, milliseconds))."""
 
-    @property
-    def partition(self) -> int: ...
+    def partition(self) -> int | None: ...
 
-    @property
-    def offset(self) -> int: ...
+    def offset(self) -> int | None: ...
 
-    @property
     def key(self) -> bytes | None: ...
 
-    @property
     def value(self) -> bytes | None: ...
 
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    # Typed loosely: clients declare header values as str | bytes | None.
+    def headers(self) -> Any: ...
 
-    @property
-    def timestamp(self) -> int: ...
+    def timestamp(self) -> tuple[int, int]: ...
 
 
 def ingest(
@@ -49,12 +45,19 @@ def ingest(
     """Validate and batch ``records``; sealed batches and refusals go to the lists."""
     now_dt = datetime.fromtimestamp(now, UTC)
     add = batcher.add
+    # Keys repeat (a few sources, many events): decode each distinct one once.
+    keys: dict[bytes, str] = {}
     for record in records:
-        key = record.key
-        result = parse(key, record.value, record.headers, now=now_dt, max_bytes=max_bytes)
+        key = record.key()
+        offset: int = record.offset()  # type: ignore[assignment]  # set on consumed messages
+        result = parse(key, record.value(), record.headers(), now=now_dt, max_bytes=max_bytes)
         if isinstance(result, Rejection):
-            batcher.skip(partition, record.offset)
             rejected.append((record, result))
-        else:
-            assert key is not None  # parse refuses keyless messages
-            add(partition, record.offset, key.decode("utf-8", "replace"), result, now, sealed)
+            continue
+        assert key is not None  # parse refuses keyless messages
+        name = keys.get(key)
+        if name is None:
+            name = keys[key] = key.decode("utf-8", "replace")
+        add(partition, offset, name, result, now, sealed)
+    if records:
+        batcher.advance(partition, records[-1].offset() + 1)  # type: ignore[operator]

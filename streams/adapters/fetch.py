@@ -212,7 +212,10 @@ class FetchLoop(Service):
     # -- rebalance: called inside consume() on the poller thread ---------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        asyncio.run_coroutine_threadsafe(self._assigned(partitions), self.loop).result()
+        # Offsets are looked up here, on the polling thread: from any other thread
+        # librdkafka would wait for this callback to return first, and never answer.
+        starts = self._start_offsets([tp for tp in partitions if tp.topic == self.topic])
+        asyncio.run_coroutine_threadsafe(self._assigned(starts), self.loop).result()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         asyncio.run_coroutine_threadsafe(self._revoked(partitions, lost=False),
@@ -222,10 +225,8 @@ class FetchLoop(Service):
         asyncio.run_coroutine_threadsafe(self._revoked(partitions, lost=True),
                                          self.loop).result()
 
-    async def _assigned(self, partitions: list[TopicPartition]) -> None:
+    async def _assigned(self, starts: dict[int, int]) -> None:
         async with self._lock:
-            mine = [tp for tp in partitions if tp.topic == self.topic]
-            starts = await self.loop.run_in_executor(self._calls, self._start_offsets, mine)
             await self.handler.assigned(starts)
             self.assigned.update(starts)
             self._committed.update(starts)

@@ -21,7 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-topics_app = typer.Typer(help="Manage the Kafka topics declared in topics.yaml.", no_args_is_help=True)
+topics_app = typer.Typer(
+    help="Manage the Kafka topics declared in topics.yaml.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
@@ -34,9 +36,12 @@ def _settings() -> config.Settings:
 @topics_app.command("apply")
 def topics_apply(
     file: Annotated[Path | None, typer.Option(help="topics file (default: TOPICS_FILE)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, change nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show the plan, change nothing")
+    ] = False,
     raise_partitions: Annotated[
-        bool, typer.Option("--raise-partitions", help="add partitions where topics.yaml asks for more")
+        bool,
+        typer.Option("--raise-partitions", help="add partitions where topics.yaml asks for more"),
     ] = False,
 ) -> None:
     """Create missing topics, show how existing ones differ; never deletes."""
@@ -106,7 +111,9 @@ def worker(
 @app.command()
 def produce(
     count: Annotated[int, typer.Option(min=1, help="events to send")] = 1000,
-    rate: Annotated[float, typer.Option(min=0, help="events per second (0 = as fast as possible)")] = 0,
+    rate: Annotated[
+        float, typer.Option(min=0, help="events per second (0 = as fast as possible)")
+    ] = 0,
     sources: Annotated[int, typer.Option(min=1, help="distinct source services (keys)")] = 5,
     invalid_ratio: Annotated[
         float, typer.Option(min=0, max=1, help="share of deliberately invalid messages")

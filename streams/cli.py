@@ -145,9 +145,47 @@ def produce(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    events: Annotated[int, typer.Option(min=1, help="events to send")] = 3000,
+    sources: Annotated[int, typer.Option(min=1, help="distinct source services (keys)")] = 6,
+    rate: Annotated[
+        float, typer.Option(min=0, help="events per second (0 = as fast as possible)")
+    ] = 500,
+    batch_age: Annotated[
+        float, typer.Option(min=0.1, help="seconds until an open batch seals by age")
+    ] = 10,
+    batch_events: Annotated[int, typer.Option(min=1, help="events that seal a batch")] = 100,
+    invalid_ratio: Annotated[
+        float, typer.Option(min=0, max=1, help="share of deliberately invalid messages")
+    ] = 0.02,
+    seed: Annotated[int | None, typer.Option(help="random seed for repeatable traffic")] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=1, help="stop after this many seconds (default: Ctrl-C)")
+    ] = None,
+    database: Annotated[
+        str, typer.Option(help="database to (re)create for the demo")
+    ] = "streamsight_demo",
+    admin_dsn: Annotated[
+        str, typer.Option(help="PostgreSQL server to use (started locally if it is down)")
+    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+) -> None:
     """Start an embedded broker and PostgreSQL, a worker and sample traffic; print batches."""
-    raise NotImplementedError
+    from streams.demo import DemoOptions, run_demo
+
+    run_demo(
+        DemoOptions(
+            events=events,
+            sources=sources,
+            rate=rate,
+            batch_age=batch_age,
+            batch_events=batch_events,
+            invalid_ratio=invalid_ratio,
+            seed=seed,
+            duration=duration,
+            database=database,
+            admin_dsn=admin_dsn,
+        )
+    )
 
 
 def main() -> None:

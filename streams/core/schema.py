@@ -46,6 +46,7 @@ OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
 
 _BOM = b"\xef\xbb\xbf"
+_CONTAINERS = frozenset((dict, list))
 _CE_PREFIX = "ce_"
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
@@ -120,7 +121,9 @@ def parse(
         except UnicodeDecodeError:
             return Rejection(Reason.NOT_UTF8, "message key is not valid UTF-8", "key")
     if headers:
-        ce_headers = {name: raw for name, raw in headers if name.startswith(_CE_PREFIX)}
+        ce_headers: dict[str, bytes | str | None] = {
+            name: raw for name, raw in headers if name.startswith(_CE_PREFIX)
+        }
         if ce_headers:
             return _parse_binary(ce_headers, value, now, max_bytes)
     if not value:
@@ -162,17 +165,14 @@ def _parse_native(value: bytes, now: datetime) -> _Result:
         return _unknown_version("version", raw.version)
     if raw.schema_version is not None and raw.schema_version != SUPPORTED_VERSION:
         return _unknown_version("schema_version", raw.schema_version)
-    return _build(
-        raw.event_id, raw.event_type, raw.source, raw.timestamp, "timestamp", raw, value, now
-    )
+    return _build(raw.event_id, raw.event_type, raw.source, raw.timestamp, "timestamp", raw, now)
 
 
 def _diagnose(value: bytes, exc: msgspec.ValidationError, now: datetime) -> _Result:
     """Slow path: the typed decode failed; find out what the producer meant to send."""
-    try:
-        obj = _ANY.decode(value)
-    except RecursionError:
-        return _too_deep(None)
+    obj = _decode_any(value, exc)
+    if isinstance(obj, Rejection):
+        return obj
     if not isinstance(obj, dict):
         return _not_an_object(obj)
     if "specversion" in obj:
@@ -185,10 +185,31 @@ def _diagnose(value: bytes, exc: msgspec.ValidationError, now: datetime) -> _Res
     return _from_validation_error(exc)
 
 
+def _decode_any(value: bytes, typed_error: msgspec.ValidationError) -> object:
+    """Decode without a type: a ``Rejection`` when the document itself is broken.
+
+    The typed decode stops at the first mismatch, so malformed JSON further on is only
+    found here.
+    """
+    try:
+        return _ANY.decode(value)
+    except msgspec.ValidationError:
+        # Only a number beyond float range fails here, and the typed error locates it.
+        return _from_validation_error(typed_error)
+    except msgspec.DecodeError as exc:
+        return _malformed_json(exc)
+    except RecursionError:
+        return _too_deep(None)
+
+
 def _malformed(value: bytes, exc: msgspec.DecodeError, now: datetime) -> _Result:
     # Only one mark is forgiven, which also bounds the recursion.
     if value.startswith(_BOM) and not value.startswith(_BOM, len(_BOM)):
         return _parse_native(value[len(_BOM) :], now)
+    return _malformed_json(exc)
+
+
+def _malformed_json(exc: msgspec.DecodeError) -> Rejection:
     return Rejection(Reason.MALFORMED_JSON, f"message value is not valid JSON: {exc}")
 
 
@@ -200,23 +221,18 @@ def _parse_structured(value: bytes, specversion: object, now: datetime) -> _Resu
             "specversion",
         )
     if specversion != CLOUDEVENTS_VERSION:
-        return Rejection(
-            Reason.UNKNOWN_VERSION,
-            f"CloudEvents specversion {specversion!r} is not supported; use "
-            f"{CLOUDEVENTS_VERSION!r}",
-            "specversion",
-        )
+        return _unknown_cloudevents_version("specversion", specversion)
     try:
         ce = _CLOUDEVENT.decode(value)
     except msgspec.ValidationError as exc:
         return _from_validation_error(exc)
     except RecursionError:
         return _too_deep(None)
-    return _build(ce.id, ce.type, ce.source, ce.time, "time", ce.data, value, now, "data.")
+    return _build(ce.id, ce.type, ce.source, ce.time, "time", ce.data, now, "data.")
 
 
 def _parse_binary(
-    ce_headers: dict[str, bytes], value: bytes | None, now: datetime, max_bytes: int
+    ce_headers: dict[str, bytes | str | None], value: bytes | None, now: datetime, max_bytes: int
 ) -> _Result:
     texts: dict[str, str] = {}
     for name in ("ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time"):
@@ -225,17 +241,16 @@ def _parse_binary(
             return Rejection(
                 Reason.MISSING_FIELD, f"CloudEvents binary mode needs the {name} header", name
             )
+        # Some clients hand header values over already decoded.
+        if isinstance(raw, str):
+            texts[name] = raw
+            continue
         try:
             texts[name] = raw.decode()
         except UnicodeDecodeError:
             return Rejection(Reason.NOT_UTF8, f"header {name} is not valid UTF-8", name)
     if texts["ce_specversion"] != CLOUDEVENTS_VERSION:
-        return Rejection(
-            Reason.UNKNOWN_VERSION,
-            f"CloudEvents specversion {texts['ce_specversion']!r} is not supported; use "
-            f"{CLOUDEVENTS_VERSION!r}",
-            "ce_specversion",
-        )
+        return _unknown_cloudevents_version("ce_specversion", texts["ce_specversion"])
     for name in ("ce_id", "ce_type", "ce_source"):
         if not 0 < len(texts[name]) <= MAX_ID_CHARS:
             return Rejection(Reason.INVALID_VALUE, f"{name} {_RULES['id']}", name)
@@ -253,9 +268,10 @@ def _parse_binary(
         try:
             sections = _SECTIONS.decode(value)
         except msgspec.ValidationError as exc:
-            return _from_validation_error(exc)
+            broken = _decode_any(value, exc)
+            return broken if isinstance(broken, Rejection) else _from_validation_error(exc)
         except msgspec.DecodeError as exc:
-            return Rejection(Reason.MALFORMED_JSON, f"message value is not valid JSON: {exc}")
+            return _malformed_json(exc)
         except RecursionError:
             return _too_deep(None)
     return _build(
@@ -265,7 +281,6 @@ def _parse_binary(
         timestamp,
         "ce_time",
         sections,
-        value or b"",
         now,
     )
 
@@ -277,7 +292,6 @@ def _build(
     timestamp: datetime,
     time_field: str,
     sections: _Sections | None,
-    value: bytes,
     now: datetime,
     prefix: str = "",
 ) -> _Result:
@@ -298,11 +312,10 @@ def _build(
     if sections is None:
         return Event(event_id=event_id, event_type=event_type, source=source, timestamp=timestamp)
     attributes = sections.attributes
-    # Counting brackets is a cheap upper bound on depth; only a suspicious message pays
-    # for the walk.
+    # Attributes are almost always flat; this test runs in C and spares them the walk.
     if (
         attributes
-        and value.count(b"{") + value.count(b"[") > MAX_DEPTH
+        and not _CONTAINERS.isdisjoint(map(type, attributes.values()))
         and _depth(attributes, 2 + prefix.count(".")) > MAX_DEPTH
     ):
         return _too_deep(f"{prefix}attributes")
@@ -418,6 +431,14 @@ def _unknown_version(name: str, version: object) -> Rejection:
         Reason.UNKNOWN_VERSION,
         f"{name} {version!r} is not supported; this consumer reads version {SUPPORTED_VERSION}",
         name,
+    )
+
+
+def _unknown_cloudevents_version(field: str, version: str) -> Rejection:
+    return Rejection(
+        Reason.UNKNOWN_VERSION,
+        f"CloudEvents {field} {version!r} is not supported; use {CLOUDEVENTS_VERSION!r}",
+        field,
     )
 
 

@@ -152,8 +152,12 @@ class Demo:
     # --- lifecycle --------------------------------------------------------------------
 
     def run(self) -> None:
-        previous = signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_stop)
+        # SIGTERM, and SIGHUP when the terminal goes away, stop the demo like Ctrl-C: the
+        # broker and the worker run in sessions of their own and would outlive it.
+        stop_signals = (signal.SIGTERM, signal.SIGHUP)
+        previous = {signum: signal.getsignal(signum) for signum in stop_signals}
+        for signum in stop_signals:
+            signal.signal(signum, _raise_stop)
         try:
             try:
                 self.start()
@@ -164,7 +168,8 @@ class Demo:
             finally:
                 self.shutdown()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def start(self) -> None:
         opts = self.opts

@@ -168,6 +168,9 @@ def demo(
     admin_dsn: Annotated[
         str, typer.Option(help="PostgreSQL server to use (started locally if it is down)")
     ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+    run_dir: Annotated[
+        Path, typer.Option(help="directory for the worker's and broker's logs and data")
+    ] = Path(".run/demo"),
 ) -> None:
     """Start an embedded broker and PostgreSQL, a worker and sample traffic; print batches."""
     from streams.demo import DemoOptions, run_demo
@@ -184,6 +187,7 @@ def demo(
             duration=duration,
             database=database,
             admin_dsn=admin_dsn,
+            run_dir=run_dir,
         )
     )
 

@@ -173,9 +173,9 @@ class Demo:
 
     def start(self) -> None:
         opts = self.opts
-        if self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.run_dir.mkdir(parents=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Only what the demo itself put there: the logs are overwritten below.
+        shutil.rmtree(self.run_dir / "worker-data", ignore_errors=True)
 
         with self.step("embedded Kafka broker (Tansu)"):
             self.broker = start_broker(log_path=self.run_dir / "tansu.log")

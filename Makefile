@@ -53,4 +53,4 @@ bench: venv ## throughput and latency benchmarks (embedded broker)
 	$(PY) bench/run.py
 
 demo: venv ## embedded broker + PostgreSQL, a worker and sample traffic
-	$(PY) -m streams.cli demo
+	$(PY) -m streams.cli demo $(ARGS)

@@ -33,7 +33,7 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         web_port=settings.web_port,
-        web_enabled=settings.web_port != 0,
+        web_enabled=settings.web_enabled,
         topic_replication_factor=1,
         topic_allow_declare=False,
         broker_session_timeout=session_ms / 1000,

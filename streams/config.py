@@ -29,7 +29,9 @@ class Settings(BaseSettings):
 
     app_id: str = Field("streamsight", min_length=1)
     topics_file: str = "topics.yaml"
-    web_port: int = Field(6066, ge=0, le=65535)
+    # Same names and meaning as Faust's own WEB_PORT / WEB_ENABLED, which it also reads.
+    web_port: int = Field(6066, ge=1, le=65535)
+    web_enabled: bool = True
 
     batch_max_events: int = Field(100, ge=1, le=100_000)
     batch_max_age_seconds: float = Field(600.0, gt=0)

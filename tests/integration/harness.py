@@ -1,0 +1,189 @@
+"""Real processes and real topics for the end-to-end tests: workers, traffic, readers."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from streams.adapters.kafka import apply_plan, load_topics, make_admin, plan_topics
+from streams.embedded import EmbeddedBroker, start_broker
+from streams.synthetic import TrafficGenerator
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def own_broker() -> Iterator[EmbeddedBroker]:
+    """A broker for one test, with every topic of topics.yaml: tests that kill workers
+    must not share consumer groups or topics with other tests."""
+    broker = start_broker()
+    try:
+        admin = make_admin(broker.bootstrap)
+        apply_plan(admin, plan_topics(admin, load_topics(ROOT / "topics.yaml")))
+        yield broker
+    finally:
+        broker.stop()
+
+
+class Worker:
+    """``streamsight worker`` as a child process with its own log file."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, agents: str = "batcher"):
+        self.name = name
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.agents = agents
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> Worker:
+        self.starts += 1
+        with (self.log_dir / f"{self.name}-{self.starts}.log").open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--agents", self.agents],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+        return self
+
+    def close(self) -> None:
+        """Kill the process if a failed test left it running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait: the worker seals what is open and commits."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace")
+                         for p in sorted(self.log_dir.glob(f"{self.name}-*.log")))
+
+
+def worker_env(broker: EmbeddedBroker, dsn: str, **extra: str) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "DATABASE_URL": dsn,
+        "APP_ID": "it",
+        "CONSUMER_SESSION_TIMEOUT_MS": "6000",
+        "CONSUMER_HEARTBEAT_INTERVAL_MS": "1000",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+        "WEB_ENABLED": "false",
+        **extra,
+    }
+
+
+INVALID_SAMPLES = [
+    b"{not json",
+    b'{"event_id": "x", "event_type": "http_request"}',
+    b'{"event_id": 5, "event_type": "t", "source": "s", "timestamp": "2026-01-01T00:00:00Z"}',
+    b"",
+    b'{"event_id": "y", "event_type": "t", "source": "s", "timestamp": "yesterday"}',
+]
+
+
+@dataclass
+class Traffic:
+    """What was acknowledged by the broker, by kind."""
+
+    valid: dict[str, tuple[int, int]] = field(default_factory=dict)  # event_id -> (p, o)
+    invalid: set[tuple[int, int]] = field(default_factory=set)
+    failed: int = 0
+
+
+def produce(
+    bootstrap: str, count: int, *, sources: int = 20, rate: float = 0.0,
+    invalid_every: int = 0, seed: int = 7, traffic: Traffic | None = None,
+) -> Traffic:
+    """Send ``count`` events (every ``invalid_every``-th one invalid), paced at ``rate``."""
+    traffic = traffic or Traffic()
+    generator = TrafficGenerator(sources=sources, seed=seed)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
+                         "enable.idempotence": True})
+
+    def delivered(err: object, msg: object, event_id: str | None) -> None:
+        if err is not None:
+            traffic.failed += 1
+            return
+        where = (msg.partition(), msg.offset())  # type: ignore[attr-defined]
+        if event_id is None:
+            traffic.invalid.add(where)
+        else:
+            traffic.valid[event_id] = where
+
+    started = time.monotonic()
+    for n in range(count):
+        key, value = generator.next()
+        assert key is not None
+        event_id: str | None = orjson.loads(value)["event_id"]
+        if invalid_every and n % invalid_every == invalid_every - 1:
+            value, event_id = INVALID_SAMPLES[n % len(INVALID_SAMPLES)], None
+        producer.produce("events", value, key, on_delivery=(
+            lambda err, msg, eid=event_id: delivered(err, msg, eid)))
+        producer.poll(0)
+        if rate:
+            ahead = (n + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush(30)
+    return traffic
+
+
+def read_topic(bootstrap: str, topic: str, *, idle: float = 3.0, partitions: int = 4,
+               ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+    """Every message of ``topic`` from the beginning, read until ``idle`` seconds pass
+    without one. Assigned, not subscribed: no consumer-group join to wait for."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{random.random()}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
+    last = time.monotonic()
+    try:
+        while time.monotonic() - last < idle:
+            for message in consumer.consume(1000, 0.2):
+                if message.error() is None:
+                    headers = {k: v for k, v in (message.headers() or []) if v is not None}
+                    out.append((message.key(), message.value(), headers))
+                    last = time.monotonic()
+    finally:
+        consumer.close()
+    return out
+
+
+async def batch_rows(dsn: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT * FROM batches ORDER BY topic, partition, first_offset")
+    finally:
+        await conn.close()
+
+
+async def events_batched(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM batches"))
+    finally:
+        await conn.close()

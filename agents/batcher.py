@@ -31,7 +31,8 @@ class BatcherService(Service):
             bootstrap_servers=s.kafka_bootstrap_servers,
             client_id=f"{s.app_id}-batcher",
             acks="all",
-            linger_ms=5,
+            # Each settle sends its whole output at once and waits for it: no lingering.
+            linger_ms=0,
             max_batch_size=1024 * 1024,
         )
         await self.producer.start()

@@ -319,6 +319,13 @@ def _time_worker(env: dict[str, str], dsn: str, events: int) -> Result:
     return Result("batcher", events=events, elapsed_s=ended - first_fetch[0], peak_rss_mib=rss)
 
 
+def _median(name: str, runs: list[Result]) -> Result:
+    """The median successful run of a contender (or its first failure)."""
+    mine = [r for r in runs if r.name == name]
+    ok = sorted((r for r in mine if not r.error), key=lambda r: r.events_per_s)
+    return ok[(len(ok) - 1) // 2] if ok else mine[0]
+
+
 def _ratio(result: Result, base: Result | None) -> float | None:
     if base is None or result.error or base.error or not base.events_per_s:
         return None
@@ -329,6 +336,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=300_000, help="multiple of 100")
     parser.add_argument("--only", default=",".join(LABELS), help="comma-separated contenders")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="runs per contender, interleaved; the median run is reported (faust runs once)",
+    )
     args = parser.parse_args()
     chosen = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = set(chosen) - set(LABELS)
@@ -337,7 +348,7 @@ def main() -> None:
 
     token = secrets.token_hex(4)
     broker = start_broker()
-    results: list[Result] = []
+    runs: list[Result] = []
     try:
         create_topics(broker.bootstrap, [TOPIC])
         messages = shaped_events(args.events, SEED)
@@ -349,16 +360,21 @@ def main() -> None:
             f"{PARTITIONS} partitions) in {produce_s:.1f}s on {broker.bootstrap}",
             flush=True,
         )
-        for name in chosen:
-            print(f"running {LABELS[name]} ...", flush=True)
-            if name == "batcher":
-                result = run_batcher(broker.bootstrap, args.events, token)
-            else:
-                target = min(args.events, FAUST_EVENTS) if name == "faust" else args.events
-                result = run_baseline(name, broker.bootstrap, target, token)
-            results.append(result)
+        # Interleaved rounds: a noisy neighbour slows every contender, not just one.
+        for round_ in range(1, args.rounds + 1):
+            for name in chosen:
+                if name == "faust" and round_ > 1:
+                    continue
+                print(f"round {round_}: running {LABELS[name]} ...", flush=True)
+                if name == "batcher":
+                    result = run_batcher(broker.bootstrap, args.events, f"{token}{round_}")
+                else:
+                    target = min(args.events, FAUST_EVENTS) if name == "faust" else args.events
+                    result = run_baseline(name, broker.bootstrap, target, f"{token}{round_}")
+                runs.append(result)
     finally:
         broker.stop()
+    results = [_median(name, runs) for name in chosen]
 
     base = next((r for r in results if r.name == "aiokafka"), None)
     header = f"{'contender':<16}{'events':>9}{'seconds':>9}{'events/s':>11}{'RSS MiB':>9}"
@@ -393,6 +409,8 @@ def main() -> None:
                     "batch_size": BATCH_SIZE,
                     "avg_event_bytes": round(size, 1),
                 },
+                "rounds": args.rounds,
+                "runs": [{**asdict(r), "events_per_s": r.events_per_s} for r in runs],
                 "results": [
                     {
                         **asdict(r),

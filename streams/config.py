@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     batch_max_age_seconds: float = Field(600.0, gt=0)
     max_event_bytes: int = Field(64 * 1024, ge=256)
 
-    consumer_max_records: int = Field(5000, ge=1)
+    consumer_max_records: int = Field(20_000, ge=1)
     consumer_session_timeout_ms: int = Field(30_000, ge=1000)
     consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
 

@@ -94,7 +94,8 @@ def summarize(events: Sequence[Event]) -> Digest:
         if len(error_samples) < MAX_SAMPLES:
             error_samples.append(event)
     # Errors first: they are what the analyst most needs to see.
-    chosen = error_samples + [e for e in events[:MAX_SAMPLES] if e not in error_samples]
+    picked = {id(e) for e in error_samples}  # identity: struct equality compares fields
+    chosen = error_samples + [e for e in events[:MAX_SAMPLES] if id(e) not in picked]
     top_errors = sorted(errors.items(), key=lambda item: (-item[1], item[0]))[:MAX_TOP_ERRORS]
     top_routes = sorted(routes.items(), key=lambda item: (-item[1], item[0]))[:10]
     return Digest(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -19,11 +19,12 @@ SCHEMA_VERSION = 1
 ID_NAMESPACE = uuid.UUID("6f1c9a52-8c2e-4f0b-9d57-3b1f0c6a2e11")
 
 
-class Http(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class Http(msgspec.Struct, frozen=True):
+    # Constraints live here so that decoding checks them in C, with no copy afterwards.
     method: str | None = None
     route: str | None = None
-    status_code: int | None = None
-    duration_ms: float | None = None
+    status_code: Annotated[int, msgspec.Meta(ge=100, le=599)] | None = None
+    duration_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):

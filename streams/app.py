@@ -20,7 +20,8 @@ def known_agents() -> dict[str, AgentFactory]:
     return {"batcher": batcher.install}
 
 
-def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust.App:
+def resolve_agents(agents: Iterable[str] | None) -> list[str]:
+    """The agents to run (all when None); an unknown name is a configuration error."""
     available = known_agents()
     chosen = list(available) if agents is None else list(agents)
     unknown = sorted(set(chosen) - set(available))
@@ -28,6 +29,12 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
         raise ConfigError(
             f"unknown agent(s) {', '.join(unknown)}; known: {', '.join(sorted(available))}"
         )
+    return chosen
+
+
+def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust.App:
+    available = known_agents()
+    chosen = resolve_agents(agents)
     session_ms = settings.consumer_session_timeout_ms
     app = faust.App(
         settings.app_id,

@@ -8,15 +8,23 @@ import faust
 import uvloop
 
 from streams.adapters import logs
-from streams.app import create_app
+from streams.adapters.db import migrate
+from streams.app import create_app, resolve_agents
 from streams.config import Settings
 
 
 def run_worker(settings: Settings, agents: list[str] | None) -> None:
     """Block until the worker stops (SIGTERM / SIGINT stop it cleanly)."""
     logs.configure(settings.log_level, settings.log_format)
+    chosen = resolve_agents(agents)
+    # Before anything asks for an event loop, so that the app's loop is uvloop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(settings, agents)
+    # Every worker brings the schema up to date first; the runner's advisory lock makes
+    # that safe when several start at once.
+    applied = asyncio.run(migrate(settings.database_url))
+    if applied:
+        logs.get_logger(__name__).info("db.migrated", versions=applied)
+    app = create_app(settings, chosen)
     worker = faust.Worker(
         app,
         loglevel=settings.log_level,

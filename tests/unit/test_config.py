@@ -1,0 +1,51 @@
+"""Settings: typed, frozen, and a bad value stops start-up with one line naming it."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams import config
+from streams.errors import ConfigError
+
+
+def test_defaults_follow_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BATCH_MAX_EVENTS", "BATCH_MAX_AGE_SECONDS", "AI_MAX_ATTEMPTS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = config.load(_env_file=None)
+    assert settings.batch_max_events == 100
+    assert settings.batch_max_age_seconds == 600
+    assert settings.ai_max_attempts == 5
+    assert settings.circuit_failure_threshold == 5
+    assert settings.circuit_cooldown_seconds == 600
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_MAX_EVENTS", "7")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    settings = config.load(_env_file=None)
+    assert settings.batch_max_events == 7
+    assert settings.kafka_bootstrap_servers == "k1:9092,k2:9092"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("BATCH_MAX_EVENTS", "many"),
+    ("BATCH_MAX_EVENTS", "0"),
+    ("BATCH_MAX_AGE_SECONDS", "-1"),
+    ("LOG_LEVEL", "LOUD"),
+    ("WEB_PORT", "70000"),
+])
+def test_bad_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        config.load(_env_file=None)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid setting {name}:")
+
+
+def test_settings_are_frozen() -> None:
+    settings = config.load(_env_file=None)
+    with pytest.raises(Exception, match="frozen"):
+        settings.batch_max_events = 5  # type: ignore[misc]

@@ -1,0 +1,87 @@
+"""The batcher's answers to odd input, end to end: dead-letter headers, repeated ids,
+characters PostgreSQL refuses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from streams.embedded import EmbeddedBroker
+from tests.integration.harness import (
+    Worker,
+    batch_rows,
+    events_batched,
+    own_broker,
+    read_topic,
+    worker_env,
+)
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    yield from own_broker()
+
+
+def event(event_id: str, **extra: object) -> bytes:
+    return orjson.dumps({"event_id": event_id, "event_type": "http_request", "source": "svc",
+                         "timestamp": "2026-11-25T10:00:00Z", **extra})
+
+
+async def test_odd_input_is_batched_once_or_dead_lettered_with_its_origin(
+    broker: EmbeddedBroker, migrated_database: str, tmp_path: Path
+) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    sent = [
+        (b"svc", event("a")),
+        (b"svc", event("a")),  # the same event again: dropped, not batched twice
+        (b"svc", event("nul", error={"type": "E", "message": "bad\u0000byte"})),
+        (b"svc", b'{"event_id": "broken"'),
+        (None, event("keyless")),
+        (b"svc", event("b", http={"status_code": "500"})),
+    ]
+    for key, value in sent:
+        producer.produce("events", value, key, partition=0)
+    producer.flush(10)
+
+    worker = Worker("odd", worker_env(broker, migrated_database, BATCH_MAX_AGE_SECONDS="2"),
+                    tmp_path).start()
+    try:
+        for _ in range(150):
+            if await events_batched(migrated_database) >= 2:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        assert worker.stop() == 0
+    finally:
+        worker.close()
+
+    [row] = await batch_rows(migrated_database)
+    assert row["event_count"] == 2
+    assert (row["first_offset"], row["last_offset"]) == (0, 2)
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        digest = orjson.loads(await conn.fetchval("SELECT digest::text FROM batches"))
+    finally:
+        await conn.close()
+    assert digest["top_errors"] == [["E: bad\ufffdbyte", 1]]
+
+    [(_, value, _)] = read_topic(broker.bootstrap, "analysis-requests", idle=2.0)
+    assert orjson.loads(value or b"")["event_ids"] == ["a", "nul"]
+
+    dead = {int(h["dlq.origin.offset"]): (key, value, h)
+            for key, value, h in read_topic(broker.bootstrap, "dead-letter", idle=2.0)}
+    assert sorted(dead) == [3, 4, 5]
+    assert dead[3][2]["dlq.reason"] == b"malformed_json"
+    assert dead[3][1] == b'{"event_id": "broken"'  # the original bytes, unchanged
+    assert dead[4][2]["dlq.reason"] == b"missing_key"
+    assert dead[5][2]["dlq.reason"] == b"wrong_type"
+    assert dead[5][2]["dlq.field"] == b"http.status_code"
+    assert all(h["dlq.origin.partition"] == b"0" and h["dlq.origin.topic"] == b"events"
+               and int(h["dlq.origin.timestamp"]) > 0 and h["dlq.error"]
+               for _, _, h in dead.values())

@@ -99,7 +99,11 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
             structlog.processors.EventRenamer("message"),
         ]
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=getattr(out, "isatty", lambda: False)())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=getattr(out, "isatty", lambda: False)(),
+            # Local variables in tracebacks can hold DSNs and keys: never print them.
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False),
+        )
         final = []
 
     structlog.configure(

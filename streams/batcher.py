@@ -48,8 +48,7 @@ class BatcherHandler:
         self.max_event_bytes = max_event_bytes
         self._sealed: list[AnalysisRequest] = []
         self._rejected: list[tuple[Record, Rejection]] = []
-        self.batches_sealed = 0
-        self.dead_lettered = 0
+        self._duplicates_logged = 0
 
     async def assigned(self, starts: dict[int, int]) -> None:
         for partition, start in starts.items():
@@ -73,9 +72,6 @@ class BatcherHandler:
     def drain(self, now: float) -> None:
         self.batcher.drain(SealReason.SHUTDOWN, now, self._sealed)
 
-    def seal_key(self, key: str, now: float) -> None:
-        self.batcher.drain(SealReason.MANUAL, now, self._sealed, key=key)
-
     async def settle(self) -> dict[int, int]:
         sealed, rejected = self._sealed, self._rejected
         if sealed or rejected:
@@ -92,9 +88,12 @@ class BatcherHandler:
                 log.info("event.dead_lettered", partition=record.partition(),
                          offset=record.offset(), reason=rejection.reason.value,
                          field=rejection.field)
-            self.batches_sealed += len(sealed)
-            self.dead_lettered += len(rejected)
             self._sealed, self._rejected = [], []
+        if self.batcher.duplicates != self._duplicates_logged:
+            log.info("batcher.duplicates_dropped",
+                     count=self.batcher.duplicates - self._duplicates_logged,
+                     total=self.batcher.duplicates)
+            self._duplicates_logged = self.batcher.duplicates
         return {p: self.batcher.commit_offset(p) for p in self.batcher.partitions}
 
     async def _publish(

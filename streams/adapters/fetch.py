@@ -80,7 +80,6 @@ class FetchLoop(Service):
         self.clock = clock
         self.assigned: set[int] = set()
         self.first_fetch_at: float | None = None
-        self.events_consumed = 0
         self._lock = asyncio.Lock()
         self._committed: dict[int, int] = {}
         self._finished = asyncio.Event()
@@ -166,7 +165,6 @@ class FetchLoop(Service):
                     log.info("fetch.first", loop=self.name, ts=now)
                 for partition, records in by_partition.items():
                     if partition in self.assigned:
-                        self.events_consumed += len(records)
                         handler.records(partition, records, now)
                 handler.tick(now)
                 await self._settle()

@@ -126,3 +126,96 @@ class AnalysisRequest(msgspec.Struct, frozen=True):
 def batch_id_for(topic: str, partition: int, first_offset: int, key: str) -> str:
     """Deterministic: a batch re-formed after a crash or replay gets the same id."""
     return str(uuid.uuid5(ID_NAMESPACE, f"{topic}/{partition}/{first_offset}/{key}"))
+
+
+class InsightSeverity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Anomaly(msgspec.Struct, frozen=True):
+    """Something unusual in a batch, with the numbers that show it."""
+
+    metric: str
+    value: float
+    baseline: float | None
+    score: float | None
+    evidence: str
+
+
+class Analysis(msgspec.Struct, frozen=True):
+    """What an analyzer concluded about one batch (before ids and accounting)."""
+
+    summary: str
+    severity: InsightSeverity
+    confidence: float
+    patterns: list[str]
+    anomalies: list[Anomaly]
+    recommendations: list[str]
+
+
+class UsageOutcome(enum.StrEnum):
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    INVALID_OUTPUT = "invalid_output"
+    CLIENT_ERROR = "client_error"
+
+
+class AIUsage(msgspec.Struct, frozen=True):
+    """One call to an AI provider, whatever came of it (a row of ``ai_usage``)."""
+
+    request_id: str
+    batch_id: str
+    analyzer: str
+    model: str
+    attempt: int
+    outcome: UsageOutcome
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+    at: datetime
+    error: str | None = None
+
+
+class Insight(msgspec.Struct, frozen=True):
+    """The analyst's answer for one batch, as it travels on ``insights``."""
+
+    insight_id: str
+    batch_id: str
+    source: str
+    window_start: datetime
+    window_end: datetime
+    analysis: Analysis
+    analyzer: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    latency_ms: float
+    created_at: datetime
+    usage: list[AIUsage]
+    schema_version: int = SCHEMA_VERSION
+
+
+class ErrorRecord(msgspec.Struct, frozen=True):
+    """An error worth a row in ``error_events``: from an event, or from our own work."""
+
+    time: datetime
+    source: str
+    type: str
+    message: str
+    event_id: str | None = None
+    batch_id: str | None = None
+
+
+def insight_id_for(batch_id: str, analyzer: str) -> str:
+    """Deterministic: re-analysing a batch with the same analyzer gives the same id."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"insight/{batch_id}/{analyzer}"))
+
+
+def usage_id_for(batch_id: str, analyzer: str, attempt: int) -> str:
+    return str(uuid.uuid5(ID_NAMESPACE, f"usage/{batch_id}/{analyzer}/{attempt}"))

@@ -20,14 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import msgspec
 import openai
 import orjson
 import structlog
 from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import ResponseFormat
 
 from streams.core.models import Analysis, AnalysisRequest, InsightSeverity, UsageOutcome
@@ -369,6 +369,29 @@ def validate_analysis(content: str | None) -> Analysis:
     return analysis
 
 
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+
+
+class _Completion(msgspec.Struct):
+    """The part of a chat completion we read, checked: the openai client builds its
+    response objects without validation, so a broken server's body would arrive as
+    whatever it was."""
+
+    choices: Annotated[list[_Choice], msgspec.Meta(min_length=1)]
+    model: str | None = None
+    usage: _Usage | None = None
+
+
 class _Attempt:
     """Tokens and time of one attempt, across the first call and the repair call."""
 
@@ -382,11 +405,10 @@ class _Attempt:
     def latency_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
 
-    def add(self, completion: ChatCompletion) -> None:
-        usage = completion.usage
-        if usage is not None:
-            self.prompt_tokens += usage.prompt_tokens or 0
-            self.completion_tokens += usage.completion_tokens or 0
+    def add(self, completion: _Completion) -> None:
+        if completion.usage is not None:
+            self.prompt_tokens += completion.usage.prompt_tokens or 0
+            self.completion_tokens += completion.usage.completion_tokens or 0
         if completion.model:
             self.model = completion.model
 
@@ -399,6 +421,9 @@ class _Attempt:
             completion_tokens=self.completion_tokens,
             latency_ms=self.latency_ms,
         )
+
+
+_decode_completion = msgspec.json.Decoder(_Completion).decode
 
 
 def _rejects_json_schema(exc: openai.BadRequestError) -> bool:
@@ -490,7 +515,7 @@ class OpenAIAnalyzer:
                 _RESPONSE_FORMAT_SCHEMA if self._json_schema else _RESPONSE_FORMAT_JSON
             )
             try:
-                completion = await self._client.chat.completions.create(
+                raw = await self._client.chat.completions.with_raw_response.create(
                     model=self.model,
                     messages=cast(list[ChatCompletionMessageParam], messages),
                     response_format=cast(ResponseFormat, response_format),
@@ -508,9 +533,15 @@ class OpenAIAnalyzer:
             except openai.OpenAIError as exc:
                 failed = self._map(exc, attempt)
                 raise failed from failed.cause
+            try:
+                completion = _decode_completion(raw.http_response.content)
+            except msgspec.DecodeError as exc:
+                # A broken server or proxy, not a model answer: no repair can fix it.
+                cause = RetryableError(
+                    self._scrub(f"openai: {self.model} answered with no chat completion: {exc}")
+                )
+                raise attempt.failed(cause, UsageOutcome.SERVER_ERROR) from None
             attempt.add(completion)
-            if not completion.choices:
-                return None
             return completion.choices[0].message.content
 
     def _scrub(self, text: str) -> str:
@@ -547,9 +578,6 @@ class OpenAIAnalyzer:
             cause, outcome = RetryableError(message), UsageOutcome.TIMEOUT
         elif isinstance(exc, openai.APIConnectionError):
             cause, outcome = RetryableError(message), UsageOutcome.CONNECTION_ERROR
-        elif isinstance(exc, openai.APIResponseValidationError):
-            # A 2xx body that is not a chat completion: the server is broken, not the model.
-            cause, outcome = RetryableError(message), UsageOutcome.SERVER_ERROR
         else:
             cause, outcome = PermanentError(message), UsageOutcome.CLIENT_ERROR
         return attempt.failed(cause, outcome)

@@ -451,8 +451,11 @@ class OpenAIAnalyzer:
         self.max_completion_tokens = max_completion_tokens
         self._secret = api_key
         self._owns_client = client is None
-        self._client = client or AsyncOpenAI(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        # Our retry policy counts attempts; a client retrying underneath would hide them.
+        self._client = (
+            client.with_options(max_retries=0)
+            if client is not None
+            else AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)
         )
         self._json_schema = True
 
@@ -460,6 +463,12 @@ class OpenAIAnalyzer:
     def uses_json_schema(self) -> bool:
         """False once the server refused ``json_schema`` and calls fell back to JSON mode."""
         return self._json_schema
+
+    def token_estimate(self, request: AnalysisRequest) -> int:
+        """Tokens one call may use at most (prompt estimate + answer cap), for TPM budgets."""
+        return estimate_tokens(build_prompt(request, self.max_prompt_tokens)) + (
+            self.max_completion_tokens
+        )
 
     async def aclose(self) -> None:
         if self._owns_client:

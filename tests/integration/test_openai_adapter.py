@@ -14,6 +14,7 @@ from streams.adapters.openai import (
     InvalidOutput,
     OpenAIAnalyzer,
     cost_usd,
+    estimate_tokens,
 )
 from streams.core.models import InsightSeverity, UsageOutcome
 from streams.errors import PermanentError, RateLimited, RetryableError
@@ -272,3 +273,27 @@ async def test_server_records_requests_and_lists_models(ai_server: AIServer) -> 
     assert [m.id for m in models.data] == [MODEL]
     assert ai_server.requests[0].path == "/v1/models"
     assert ai_server.pending == 0
+
+
+async def test_a_given_client_is_used_without_its_own_retries(ai_server: AIServer) -> None:
+    ai_server.script(Reply.status(500), Reply.status(500), Reply.status(500))
+    async with AsyncOpenAI(api_key=API_KEY, base_url=ai_server.base_url, max_retries=3) as client:
+        ai = OpenAIAnalyzer(API_KEY, None, MODEL, client=client)
+        with pytest.raises(CallFailed):
+            await ai.call(make_analysis_request())
+        await ai.aclose()  # not its client to close
+        ai_server.script(Reply.ok())
+        assert (await client.models.list()).data
+    assert len(ai_server.chat_requests) == 1
+
+
+async def test_token_estimate_covers_prompt_and_answer_cap(ai_server: AIServer) -> None:
+    async with OpenAIAnalyzer(API_KEY, ai_server.base_url, MODEL,
+                              max_prompt_tokens=2000, max_completion_tokens=700) as ai:
+        request = make_analysis_request()
+        estimate = ai.token_estimate(request)
+        await ai.call(request)
+    sent = ai_server.chat_requests[0]
+    assert sent.body["max_completion_tokens"] == 700
+    assert estimate == estimate_tokens(sent.messages) + 700
+    assert estimate <= 2000 + 700

@@ -15,9 +15,9 @@ AgentFactory = Callable[[faust.App, Settings], Service | None]
 
 
 def known_agents() -> dict[str, AgentFactory]:
-    from agents import batcher
+    from agents import analyst, batcher
 
-    return {"batcher": batcher.install}
+    return {"batcher": batcher.install, "analyst": analyst.install}
 
 
 def resolve_agents(agents: Iterable[str] | None) -> list[str]:

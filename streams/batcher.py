@@ -66,6 +66,10 @@ class BatcherHandler:
         ingest(self.batcher, partition, records, now, self.max_event_bytes,
                self._sealed, self._rejected)
 
+    def wants_more(self) -> bool:
+        # Everything a fetch produces is settled before the next one: never full.
+        return True
+
     def tick(self, now: float) -> None:
         self.batcher.due(now, self._sealed)
 

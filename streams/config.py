@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     ai_requests_per_minute: int = Field(60, ge=1)
     ai_tokens_per_minute: int = Field(90_000, ge=1)
     ai_max_attempts: int = Field(5, ge=1)
+    ai_max_concurrency: int = Field(4, ge=1, le=256)
+    openai_timeout_seconds: float = Field(60.0, gt=0)
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(600.0, gt=0)
 

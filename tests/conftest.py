@@ -20,6 +20,8 @@ from streams.embedded import (
     start_broker,
 )
 
+pytest_plugins = ["tests.support.fixtures"]
+
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 import msgspec
 
 from streams.core.batching import SealDecision
-from streams.core.models import AnalysisRequest, SealReason
+from streams.core.models import AnalysisRequest, Digest, SealReason
 from streams.errors import PermanentError, RetryableError
 
 _INSERT = """
@@ -84,3 +85,28 @@ class BatchStore:
             )
             for row in rows
         ]
+
+
+_HISTORY = """
+SELECT digest::text FROM batches
+WHERE source = $1 AND first_event_at < $2
+ORDER BY first_event_at DESC, batch_id
+LIMIT $3
+"""
+_decode_digest = msgspec.json.Decoder(Digest).decode
+
+
+class BatchHistory:
+    """Digests of a source's earlier batches: the built-in analyzer's baseline."""
+
+    def __init__(self, pool: asyncpg.Pool, limit: int = 50) -> None:
+        self._pool = pool
+        self._limit = limit
+
+    async def before(self, source: str, until: datetime) -> list[Digest]:
+        """Oldest first, the batches that started before ``until``."""
+        try:
+            rows = await self._pool.fetch(_HISTORY, source, until, self._limit)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise _mapped(exc) from exc
+        return [_decode_digest(row[0]) for row in reversed(rows)]

@@ -51,6 +51,10 @@ class FetchHandler(Protocol):
 
     async def settle(self) -> dict[int, int]: ...
 
+    def wants_more(self) -> bool:
+        """False pauses fetching (polling goes on, so the group membership stays)."""
+        ...
+
 
 class FetchLoop(Service):
     """Consume one topic in whole fetches for one handler."""
@@ -140,7 +144,17 @@ class FetchLoop(Service):
         consumer = self._consumer
         handler = self.handler
         run = self.loop.run_in_executor
+        paused = False
         while not self.should_stop:
+            # Kafka wants poll() called within max.poll.interval.ms however long the
+            # handler is busy, so a full handler pauses the partitions and polls on.
+            # Pausing again each time covers partitions assigned in the meantime.
+            want = handler.wants_more()
+            if not want or paused:
+                mine = [TopicPartition(self.topic, p) for p in self.assigned]
+                if mine:
+                    (consumer.resume if want else consumer.pause)(mine)
+                paused = not want
             messages = await run(self._poller, consumer.consume, self.max_records,
                                  self.idle_timeout)
             async with self._lock:

@@ -63,6 +63,7 @@ class Reason(enum.StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     UNKNOWN_VERSION = "unknown_version"
     MISSING_KEY = "missing_key"
+    AI_FAILED = "ai_failed"
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -210,6 +211,8 @@ class ErrorRecord(msgspec.Struct, frozen=True):
     message: str
     event_id: str | None = None
     batch_id: str | None = None
+    # AI calls made for a request that failed in the end: billed all the same.
+    usage: list[AIUsage] = []
 
 
 def insight_id_for(batch_id: str, analyzer: str) -> str:

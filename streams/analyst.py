@@ -1,0 +1,335 @@
+"""The analyst: one insight per analysis request, whatever the AI provider does.
+
+``Analyst.analyze`` handles one request: the built-in analyzer answers at once; the
+OpenAI analyzer is called under the deployment-wide budget and the circuit breaker,
+with backoff between attempts. While the breaker is open the request waits, and that
+wait is not an attempt. After the last attempt the request goes to ``dead-letter`` and
+an error record to ``errors``. Every outcome is produced with acks=all before
+``analyze`` returns, so its offset may be committed after that.
+
+``AnalystHandler`` drives it from a FetchLoop over ``analysis-requests``: requests run
+as tasks, at most ``AI_MAX_CONCURRENCY`` calls at a time, off the consumer loop; an
+offset is committed once every request below it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+import structlog
+from aiokafka import AIOKafkaProducer
+from confluent_kafka import Message
+
+from streams import config
+from streams.adapters.budget import GlobalBudget
+from streams.adapters.openai import CallFailed, CallResult, cost_usd
+from streams.core import analysis, deadletter
+from streams.core.breaker import BreakerState, CircuitBreaker
+from streams.core.models import (
+    AIUsage,
+    Analysis,
+    AnalysisRequest,
+    Digest,
+    ErrorRecord,
+    Insight,
+    Reason,
+    Rejection,
+    UsageOutcome,
+    insight_id_for,
+    usage_id_for,
+)
+from streams.core.retry import RetryPolicy
+
+log = structlog.get_logger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+_decode_request = msgspec.json.Decoder(AnalysisRequest).decode
+_decode_digest = msgspec.json.Decoder(Digest).decode
+
+# Provider outages count towards opening the breaker; a provider that answers "no"
+# (rate limit, bad request, unusable output) is up, and says so.
+_OUTAGES = frozenset({UsageOutcome.SERVER_ERROR, UsageOutcome.TIMEOUT,
+                      UsageOutcome.CONNECTION_ERROR})
+# Longest single sleep while waiting on the breaker or budget: short enough to notice
+# shutdown and a probe's verdict promptly.
+_MAX_NAP = 5.0
+
+
+class AIClient(Protocol):
+    name: str
+    model: str
+    max_completion_tokens: int
+
+    def token_estimate(self, request: AnalysisRequest) -> int: ...
+
+    async def call(self, request: AnalysisRequest) -> CallResult: ...
+
+
+class History(Protocol):
+    async def before(self, source: str, until: datetime) -> Sequence[Digest]: ...
+
+
+class Analyst:
+    def __init__(
+        self,
+        *,
+        producer: AIOKafkaProducer,
+        history: History,
+        ai: AIClient | None,
+        budget: GlobalBudget | None,
+        breaker: CircuitBreaker,
+        policy: RetryPolicy,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.producer = producer
+        self.history = history
+        self.ai = ai
+        self.budget = budget
+        self.breaker = breaker
+        self.policy = policy
+        self.clock = clock
+        self.sleep = sleep
+        self.rand = rand
+
+    @property
+    def name(self) -> str:
+        return self.ai.name if self.ai is not None else analysis.ANALYZER_VERSION
+
+    async def analyze(self, request: AnalysisRequest) -> None:
+        started = self.clock()
+        if self.ai is None:
+            history = await self.history.before(request.key, request.first_event_at)
+            result = analysis.analyze(request, history)
+            await self._publish_insight(request, self.name, result, 0, 0, 0.0,
+                                        (self.clock() - started) * 1000, [])
+            return
+        await self._analyze_with_ai(request, self.ai)
+
+    async def _analyze_with_ai(self, request: AnalysisRequest, ai: AIClient) -> None:
+        reserve = ai.token_estimate(request) + ai.max_completion_tokens
+        usage: list[AIUsage] = []
+        attempt = 0
+        while True:
+            await self._wait_for_breaker(request)
+            probe = self.breaker.state is BreakerState.HALF_OPEN
+            try:
+                await self._wait_for_budget(reserve)
+                attempt += 1
+                log.info("ai.call", batch_id=request.batch_id, attempt=attempt, model=ai.model)
+                try:
+                    result = await ai.call(request)
+                except CallFailed as failed:
+                    usage.append(self._usage(request, ai, attempt, failed.outcome,
+                                             failed.prompt_tokens, failed.completion_tokens,
+                                             failed.latency_ms, str(failed)))
+                    await self._settle_budget(reserve,
+                                              failed.prompt_tokens + failed.completion_tokens)
+                    self._verdict(failed.outcome in _OUTAGES)
+                    probe = False
+                    log.warning("ai.failed", batch_id=request.batch_id, attempt=attempt,
+                                outcome=failed.outcome.value, error=str(failed))
+                    if not self.policy.should_retry(attempt, failed.retryable):
+                        await self._give_up(request, attempt, str(failed), usage)
+                        return
+                    await self.sleep(self.policy.delay(attempt, failed.retry_after,
+                                                       self.rand()))
+                    continue
+                self._verdict(False)
+                probe = False
+            finally:
+                if probe:
+                    # Cancelled (or failed in our own code) before the probe had a verdict.
+                    self.breaker.release()
+            await self._settle_budget(reserve, result.prompt_tokens + result.completion_tokens)
+            cost = cost_usd(result.model, result.prompt_tokens, result.completion_tokens)
+            usage.append(self._usage(request, ai, attempt, UsageOutcome.OK,
+                                     result.prompt_tokens, result.completion_tokens,
+                                     result.latency_ms, None, cost))
+            await self._publish_insight(request, ai.name, result.analysis,
+                                        result.prompt_tokens, result.completion_tokens, cost,
+                                        result.latency_ms, usage)
+            return
+
+    async def _wait_for_breaker(self, request: AnalysisRequest) -> None:
+        while True:
+            wait = self.breaker.allow(self.clock())
+            self._log_transitions()
+            if wait <= 0:
+                return
+            log.debug("ai.waiting_for_breaker", batch_id=request.batch_id, seconds=wait)
+            await self.sleep(min(wait, _MAX_NAP))
+
+    async def _wait_for_budget(self, tokens: int) -> None:
+        if self.budget is None:
+            return
+        while (wait := await self.budget.reserve(tokens)) > 0:
+            await self.sleep(min(wait, _MAX_NAP))
+
+    async def _settle_budget(self, reserved: int, used: int) -> None:
+        if self.budget is not None:
+            await self.budget.settle(reserved, used)
+
+    def _verdict(self, outage: bool) -> None:
+        now = self.clock()
+        if outage:
+            self.breaker.failure(now)
+        else:
+            self.breaker.success(now)
+        self._log_transitions()
+
+    def _log_transitions(self) -> None:
+        for change in self.breaker.drain_transitions():
+            log.warning("ai.breaker", old=change.old.value, new=change.new.value,
+                        reason=change.reason)
+
+    def _usage(
+        self, request: AnalysisRequest, ai: AIClient, attempt: int, outcome: UsageOutcome,
+        prompt: int, completion: int, latency_ms: float, error: str | None,
+        cost: float | None = None,
+    ) -> AIUsage:
+        return AIUsage(
+            request_id=usage_id_for(request.batch_id, ai.name, attempt),
+            batch_id=request.batch_id,
+            analyzer=ai.name,
+            model=ai.model,
+            attempt=attempt,
+            outcome=outcome,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost if cost is not None else cost_usd(ai.model, prompt, completion),
+            latency_ms=round(latency_ms, 3),
+            at=datetime.fromtimestamp(self.clock(), UTC),
+            error=error,
+        )
+
+    async def _publish_insight(
+        self, request: AnalysisRequest, analyzer: str, result: Analysis,
+        prompt: int, completion: int, cost: float, latency_ms: float, usage: list[AIUsage],
+    ) -> None:
+        insight = Insight(
+            insight_id=insight_id_for(request.batch_id, analyzer),
+            batch_id=request.batch_id,
+            source=request.key,
+            window_start=request.first_event_at,
+            window_end=request.last_event_at,
+            analysis=result,
+            analyzer=analyzer,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=cost,
+            latency_ms=round(latency_ms, 3),
+            created_at=datetime.fromtimestamp(self.clock(), UTC),
+            usage=usage,
+        )
+        await (await self.producer.send(config.INSIGHTS_TOPIC, _encode(insight),
+                                         key=request.key.encode()))
+        log.info("insight.published", batch_id=request.batch_id,
+                 insight_id=insight.insight_id, severity=result.severity.value)
+
+    async def _give_up(self, request: AnalysisRequest, attempts: int, error: str,
+                       usage: list[AIUsage]) -> None:
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        headers = [
+            ("dlq.reason", Reason.AI_FAILED.value.encode()),
+            ("dlq.error", error.encode()[:deadletter.MAX_ERROR_BYTES]),
+            ("dlq.attempts", str(attempts).encode()),
+            ("dlq.origin.topic", config.ANALYSIS_REQUESTS_TOPIC.encode()),
+            ("dlq.batch_id", request.batch_id.encode()),
+        ]
+        record = ErrorRecord(time=now, source=request.key, type=Reason.AI_FAILED.value,
+                             message=f"analysis failed after {attempts} attempts: {error}",
+                             batch_id=request.batch_id, usage=usage)
+        sent = [
+            await self.producer.send(config.DEAD_LETTER_TOPIC, _encode(request),
+                                     key=request.key.encode(), headers=headers),
+            await self.producer.send(config.ERRORS_TOPIC, _encode(record),
+                                     key=request.key.encode()),
+        ]
+        await asyncio.gather(*sent)
+        log.error("ai.gave_up", batch_id=request.batch_id, attempts=attempts, error=error)
+
+
+class AnalystHandler:
+    """FetchLoop handler over ``analysis-requests``: requests become tasks."""
+
+    def __init__(self, analyst: Analyst, producer: AIOKafkaProducer, concurrency: int) -> None:
+        self.analyst = analyst
+        self.producer = producer
+        self.concurrency = concurrency
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[int, dict[int, asyncio.Task[None]]] = {}
+        self._position: dict[int, int] = {}
+        self._cancelled: list[asyncio.Task[None]] = []
+
+    async def assigned(self, starts: dict[int, int]) -> None:
+        for partition, start in starts.items():
+            self._tasks[partition] = {}
+            self._position[partition] = start
+
+    def revoked(self, partitions: Sequence[int]) -> None:
+        # Their next owner redoes them (the insight id keeps the result single).
+        for partition in partitions:
+            for task in self._tasks.pop(partition, {}).values():
+                task.cancel()
+                self._cancelled.append(task)
+            self._position.pop(partition, None)
+
+    def records(self, partition: int, records: list[Message], now: float) -> None:
+        tasks = self._tasks[partition]
+        for message in records:
+            offset: int = message.offset()  # type: ignore[assignment]
+            tasks[offset] = asyncio.get_running_loop().create_task(self._run(message))
+            self._position[partition] = offset + 1
+
+    async def _run(self, message: Message) -> None:
+        try:
+            request = _decode_request(message.value() or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            rejection = Rejection(Reason.MALFORMED_JSON, f"not an analysis request: {exc}")
+            headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC,
+                                         message.partition() or 0, message.offset() or 0,
+                                         message.timestamp()[1])
+            await (await self.producer.send(config.DEAD_LETTER_TOPIC, message.value(),
+                                             key=message.key(), headers=headers))
+            return
+        async with self._slots:
+            await self.analyst.analyze(request)
+
+    def wants_more(self) -> bool:
+        return sum(len(t) for t in self._tasks.values()) < 2 * self.concurrency
+
+    def tick(self, now: float) -> None:
+        return None
+
+    def drain(self, now: float) -> None:
+        # Requests in flight are redone after the restart; their offsets stay uncommitted.
+        for tasks in self._tasks.values():
+            for task in tasks.values():
+                task.cancel()
+                self._cancelled.append(task)
+
+    async def settle(self) -> dict[int, int]:
+        if self._cancelled:
+            await asyncio.gather(*self._cancelled, return_exceptions=True)
+            self._cancelled.clear()
+        offsets: dict[int, int] = {}
+        for partition, tasks in self._tasks.items():
+            for offset in sorted(tasks):
+                task = tasks[offset]
+                if not task.done() or task.cancelled():
+                    break
+                error = task.exception()
+                if error is not None:
+                    # A bug or a lost dependency: stop here, loudly, rather than skip it.
+                    raise error
+                del tasks[offset]
+            offsets[partition] = min(tasks, default=self._position[partition])
+        return offsets

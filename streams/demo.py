@@ -2,10 +2,15 @@
 
 It starts the embedded broker (Tansu) and a PostgreSQL database of its own, applies
 topics.yaml and the migrations, runs a real worker as a subprocess, sends synthetic
-traffic and prints every sealed batch as it appears on ``analysis-requests``, plus the
-dead-letter counts by reason. Once all traffic is accounted for (or the age deadline has
-passed) it prints a summary read from the ``batches`` table, then keeps running until
-Ctrl-C (or ``--duration``). Stopping sends SIGTERM to the worker and waits for it.
+traffic and prints every sealed batch as it appears on ``analysis-requests``, every
+insight as it appears on ``insights``, plus the dead-letter counts by reason. Once all
+traffic is accounted for (or the age deadline has passed) and every sealed batch has its
+insight (or its analysis failed, or the insight deadline has passed) it prints a summary
+read from the ``batches`` table and the insights seen, then keeps running until Ctrl-C
+(or ``--duration``). Stopping sends SIGTERM to the worker and waits for it.
+
+The worker analyses with the built-in statistical analyzer unless OPENAI_API_KEY is set
+(in the environment or ``.env``, as for the worker itself); then it asks OPENAI_MODEL.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -29,10 +35,12 @@ from typing import Any
 import msgspec
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from streams import config
-from streams.core.models import AnalysisRequest
+from streams.core import analysis
+from streams.core.models import AnalysisRequest, Insight, InsightSeverity
 from streams.embedded import (
     DEFAULT_ADMIN_DSN,
     EmbeddedBroker,
@@ -48,9 +56,22 @@ from streams.produce import produce as send_traffic
 # After the last event is produced, open batches seal by age; this margin covers the
 # worker's start-up and group join on top of BATCH_MAX_AGE_SECONDS.
 _SUMMARY_GRACE_S = 30.0
+# Once every event is accounted for, how long the summary waits for the insights of the
+# sealed batches: the built-in analyzer answers at once, a model takes its time (and its
+# retries back off for up to a minute).
+_INSIGHT_GRACE_S = 30.0
+_INSIGHT_GRACE_MODEL_S = 180.0
 _WORKER_STOP_TIMEOUT_S = 45.0
 _REPO_TOPICS = Path(__file__).resolve().parents[1] / "topics.yaml"
 _REASON_STYLE = {"count": "green", "age": "yellow", "shutdown": "magenta", "manual": "cyan"}
+_SEVERITY_STYLE = {
+    InsightSeverity.INFO: "cyan",
+    InsightSeverity.WARNING: "yellow",
+    InsightSeverity.CRITICAL: "bold red",
+}
+_SEVERITIES = tuple(InsightSeverity)
+# Width of "HH:MM:SS  source(16) " before an insight's severity, and of the indent below.
+_INSIGHT_INDENT = 10
 
 
 @dataclass(frozen=True)
@@ -71,11 +92,19 @@ class DemoOptions:
 
 @dataclass
 class _Tally:
-    """What the demo has seen on analysis-requests and dead-letter."""
+    """What the demo has seen on analysis-requests, insights and dead-letter."""
 
     batch_ids: set[str] = field(default_factory=set)
     events_batched: int = 0
     dead_letter: Counter[str] = field(default_factory=Counter)
+    # Insights by batch (at-least-once: a redone analysis repeats its insight_id).
+    insights: dict[str, Insight] = field(default_factory=dict)
+    # Batches whose analysis went to dead-letter (reason ai_failed) after the last attempt.
+    analysis_failed: set[str] = field(default_factory=set)
+
+    @property
+    def awaiting_insight(self) -> set[str]:
+        return self.batch_ids - self.insights.keys() - self.analysis_failed
 
     @property
     def dead_lettered(self) -> int:
@@ -144,8 +173,17 @@ class Demo:
         self.summary_shown = False
         self.summary_balanced = False
         self.header_shown = False
+        self.insight_header_shown = False
+        # Outcomes read before their batch's line (partitions are read side by side): shown
+        # right after it.
+        self.deferred: dict[str, list[Callable[[], None]]] = {}
+        self.events_done_at: float | None = None
+        self.analyzer = ""
+        self.analyzer_label = ""
+        self.insight_grace = _INSIGHT_GRACE_S
         self.progress: Progress | None = None
         self.accounted_task: TaskID | None = None
+        self.insight_task: TaskID | None = None
         self.produce_task: TaskID | None = None
         self._last_dlq_line: tuple[int, float] = (0, 0.0)
 
@@ -189,12 +227,13 @@ class Demo:
             from streams.adapters import db
 
             asyncio.run(db.migrate(self.database_url))
-        with self.step("worker (batcher)"):
+        with self.step("worker (batcher, analyst)"):
             self.start_worker()
         self.consumer = self.watch()
         self.console.print(
             f"  broker [bold]{self.broker.bootstrap}[/]  database "
-            f"[bold]{self.database_url}[/]\n  worker log {_relative(self.worker_log)}"
+            f"[bold]{self.database_url}[/]\n  worker log {_relative(self.worker_log)}\n"
+            f"  analyst: {self.analyzer_label}"
         )
         self.console.print(
             f"\nproducing {opts.events:,} events from {opts.sources} sources "
@@ -212,6 +251,7 @@ class Demo:
         self.progress.start()
         self.produce_task = self.progress.add_task("producing", total=None)
         self.accounted_task = self.progress.add_task("batched/dead-lettered", total=opts.events)
+        self.insight_task = self.progress.add_task("analysed", total=0)
         self.producer = _Producer(self.broker.bootstrap, opts)
         self.producer.start()
 
@@ -236,6 +276,29 @@ class Demo:
     def start_worker(self) -> None:
         assert self.broker is not None
         env = dict(os.environ)
+        # The worker reads the environment and .env like this process: the same settings
+        # decide its analyzer. The OPENAI_* values go to it explicitly all the same.
+        settings = config.load()
+        if settings.openai_api_key is None:
+            self.analyzer = analysis.ANALYZER_VERSION
+            self.analyzer_label = (
+                f"built-in statistical analyzer [bold]{self.analyzer}[/] "
+                "[dim](set OPENAI_API_KEY to ask a model)[/]"
+            )
+        else:
+            from streams.adapters.openai import analyzer_name
+
+            env["OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
+            env["OPENAI_MODEL"] = settings.openai_model
+            if settings.openai_base_url:
+                env["OPENAI_BASE_URL"] = settings.openai_base_url
+            self.analyzer = analyzer_name(settings.openai_model)
+            self.analyzer_label = (
+                f"model [bold]{escape(settings.openai_model)}[/] at "
+                f"{escape(settings.openai_base_url or 'api.openai.com')} "
+                f"[dim]({escape(self.analyzer)})[/]"
+            )
+            self.insight_grace = _INSIGHT_GRACE_MODEL_S
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
             DATABASE_URL=self.database_url,
@@ -267,7 +330,7 @@ class Demo:
         self.check_worker()
 
     def watch(self) -> Consumer:
-        """Read analysis-requests and dead-letter from the beginning, without a group."""
+        """Read analysis-requests, insights and dead-letter from the start, without a group."""
         assert self.broker is not None
         consumer = Consumer(
             {
@@ -284,7 +347,11 @@ class Demo:
             raise RetryableError(f"cannot read topics from the broker: {exc.args[0]}") from None
         assignment = [
             TopicPartition(topic, partition, -2)  # -2: OFFSET_BEGINNING
-            for topic in (config.ANALYSIS_REQUESTS_TOPIC, config.DEAD_LETTER_TOPIC)
+            for topic in (
+                config.ANALYSIS_REQUESTS_TOPIC,
+                config.INSIGHTS_TOPIC,
+                config.DEAD_LETTER_TOPIC,
+            )
             for partition in metadata.topics[topic].partitions
         ]
         consumer.assign(assignment)
@@ -314,14 +381,21 @@ class Demo:
             self.show_dead_letter()
             self.check_worker()
             self.check_producer()
-            if self.progress is not None and self.accounted_task is not None:
-                self.progress.update(self.accounted_task, completed=self.tally.accounted)
+            self.update_progress()
             if not self.summary_shown and self.produced_at is not None:
                 report = self.producer.report
                 assert report is not None
-                done = self.tally.accounted >= report.delivered
-                late = time.monotonic() - self.produced_at > opts.batch_age + _SUMMARY_GRACE_S
-                if done or late:
+                now = time.monotonic()
+                if self.events_done_at is None:
+                    done = self.tally.accounted >= report.delivered
+                    late = now - self.produced_at > opts.batch_age + _SUMMARY_GRACE_S
+                    if done or late:
+                        self.events_done_at = now
+                analysed = self.events_done_at is not None and (
+                    not self.tally.awaiting_insight
+                    or now - self.events_done_at > self.insight_grace
+                )
+                if analysed:
                     self.stop_progress()
                     self.show_dead_letter(force=True)
                     self.summary()
@@ -368,15 +442,31 @@ class Demo:
         if report.failed:
             raise StreamsightError(f"{report.failed} deliveries failed: {report.first_error}")
 
+    def update_progress(self) -> None:
+        if self.progress is None:
+            return
+        if self.accounted_task is not None:
+            self.progress.update(self.accounted_task, completed=self.tally.accounted)
+        if self.insight_task is not None:
+            batches = len(self.tally.batch_ids)
+            self.progress.update(
+                self.insight_task,
+                total=batches,
+                completed=batches - len(self.tally.awaiting_insight),
+            )
+
     def handle(self, message: Message) -> None:
         if message.error() is not None:
             return
         if message.topic() == config.DEAD_LETTER_TOPIC:
-            headers = dict(message.headers() or [])
-            reason = headers.get("dlq.reason") or b"?"
-            if isinstance(reason, bytes):
-                reason = reason.decode(errors="replace")
-            self.tally.dead_letter[reason] += 1
+            headers = {k: _text(v) for k, v in dict(message.headers() or []).items()}
+            if headers.get("dlq.origin.topic") == config.ANALYSIS_REQUESTS_TOPIC:
+                self.handle_failed_analysis(message, headers)
+                return
+            self.tally.dead_letter[headers.get("dlq.reason") or "?"] += 1
+            return
+        if message.topic() == config.INSIGHTS_TOPIC:
+            self.handle_insight(message)
             return
         try:
             request = msgspec.json.decode(message.value() or b"", type=AnalysisRequest)
@@ -388,6 +478,47 @@ class Demo:
         self.tally.batch_ids.add(request.batch_id)
         self.tally.events_batched += request.event_count
         self.show_batch(request)
+        for show in self.deferred.pop(request.batch_id, []):
+            show()
+
+    def handle_insight(self, message: Message) -> None:
+        try:
+            insight = msgspec.json.decode(message.value() or b"", type=Insight)
+        except msgspec.DecodeError:
+            self.console.print("[red]unreadable message on insights[/]")
+            return
+        if insight.batch_id in self.tally.insights:
+            return  # at-least-once: the same analysis again, under the same insight_id
+        self.tally.insights[insight.batch_id] = insight
+        self.show_after_batch(insight.batch_id, lambda: self.show_insight(insight))
+
+    def show_after_batch(self, batch_id: str, show: Callable[[], None]) -> None:
+        if batch_id in self.tally.batch_ids:
+            show()
+        else:
+            self.deferred.setdefault(batch_id, []).append(show)
+
+    def handle_failed_analysis(self, message: Message, headers: dict[str, str]) -> None:
+        """A request on dead-letter: the analyst gave up on it (or could not read it)."""
+        batch_id = headers.get("dlq.batch_id")
+        try:
+            request = msgspec.json.decode(message.value() or b"", type=AnalysisRequest)
+        except msgspec.DecodeError:
+            request = None
+        batch_id = batch_id or (request.batch_id if request is not None else None)
+        if batch_id is None or batch_id in self.tally.analysis_failed:
+            return
+        self.tally.analysis_failed.add(batch_id)
+        source = request.key if request is not None else "?"
+        at = time.strftime("%H:%M:%S", time.localtime(message.timestamp()[1] / 1000))
+        attempts = headers.get("dlq.attempts", "?")
+        error = _fit(
+            f"analysis gave up after {attempts} attempt{'' if attempts == '1' else 's'}: "
+            + headers.get("dlq.error", ""),
+            self.console.width - 37,
+        )
+        line = f"{at}  {escape(f'{source:<16.16}')} [bold red]{'failed':<8}[/]  {escape(error)}"
+        self.show_after_batch(batch_id, lambda: self.console.print(line, soft_wrap=True))
 
     # --- output -----------------------------------------------------------------------
 
@@ -410,6 +541,26 @@ class Demo:
             f"[dim]{request.batch_id[:8]}[/]",
             soft_wrap=True,
         )
+
+    def show_insight(self, insight: Insight) -> None:
+        if not self.insight_header_shown:
+            self.insight_header_shown = True
+            self.console.print(f"[bold]{'insight':<8}  {'source':<16} {'severity':<8}  summary[/]")
+        severity = insight.analysis.severity
+        style = _SEVERITY_STYLE.get(severity, "white")
+        width = self.console.width
+        # "HH:MM:SS  " + source(16) + " " + severity(8) + "  ": 37 characters
+        summary = _fit(insight.analysis.summary, width - 37)
+        self.console.print(
+            f"{insight.created_at.astimezone():%H:%M:%S}  {escape(f'{insight.source:<16.16}')} "
+            f"[{style}]{severity.value:<8}[/]  {escape(summary)}",
+            soft_wrap=True,
+        )
+        if insight.analysis.anomalies:
+            evidence = _fit(insight.analysis.anomalies[0].evidence, width - _INSIGHT_INDENT - 2)
+            self.console.print(
+                f"{'':<{_INSIGHT_INDENT}}[dim]└ {escape(evidence)}[/]", soft_wrap=True
+            )
 
     def show_dead_letter(self, force: bool = False) -> None:
         count = self.tally.dead_lettered
@@ -455,7 +606,39 @@ class Demo:
                 f"  {stats.events_batched:,} batched + {dead:,} dead-lettered = "
                 f"{stats.events_batched + dead:,} of {produced:,} produced: {verdict}"
             )
+        lines.extend(self.insight_summary())
         self.console.print("\n".join(lines) + "\n", soft_wrap=True)
+
+    def insight_summary(self) -> list[str]:
+        insights = self.tally.insights.values()
+        severities = Counter(insight.analysis.severity for insight in insights)
+        by_severity = ", ".join(
+            f"[{_SEVERITY_STYLE[s]}]{s.value}[/] {severities[s]}" for s in _SEVERITIES
+        )
+        analyzers = Counter(insight.analyzer for insight in insights)
+        if len(analyzers) > 1:
+            written_by = ", ".join(f"{escape(a)} {n}" for a, n in analyzers.most_common())
+        else:
+            written_by = escape(next(iter(analyzers), self.analyzer))
+        lines = [
+            f"  insights         {len(self.tally.insights):>7,}  ({by_severity}) by {written_by}"
+        ]
+        failed = len(self.tally.analysis_failed)
+        if failed:
+            lines.append(
+                f"  [red]analysis failed  {failed:>7,}[/]  "
+                "(dead-letter ai_failed, record on errors)"
+            )
+        batches = len(self.tally.batch_ids)
+        awaiting = len(self.tally.awaiting_insight)
+        if awaiting:
+            lines.append(
+                f"  [yellow]{awaiting:,} of {batches:,} sealed batches without an insight yet[/]"
+            )
+        else:
+            verdict = "every one has its insight" if not failed else "none left to analyse"
+            lines.append(f"  {batches:,} sealed batches seen: [green]{verdict}[/]")
+        return lines
 
     def read_batches(self) -> _Summary:
         import asyncpg
@@ -558,6 +741,19 @@ def _rate(rate: float) -> str:
 
 def _reasons(counts: Counter[str]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.most_common())
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value or ""
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` on one line of at most ``width`` characters (``…`` where it was cut)."""
+    line = " ".join(text.split())
+    width = max(width, 20)
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def _relative(path: Path) -> str:

@@ -32,4 +32,6 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
         redirect_stdouts=False,
         quiet=True,
     )
+    # Faust's start-up spinner writes terminal escapes that would corrupt JSON log lines.
+    worker.spinner = None
     worker.execute_from_commandline()

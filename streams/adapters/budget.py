@@ -12,9 +12,9 @@ import asyncpg
 from streams.core.ratelimit import bucket_state
 from streams.errors import RetryableError
 
-# Burst allowance: a few seconds of the per-minute rate, so that a full bucket plus its
-# refill cannot exceed the provider's per-minute limit in any minute by much.
-BURST_SECONDS = 5.0
+# Burst allowance: one second of the per-minute rate, so that a full bucket plus its
+# refill stays within the provider's per-minute limit in any minute (within 1/60).
+BURST_SECONDS = 1.0
 
 _LOCK = """
 SELECT name, tokens, updated, extract(epoch FROM clock_timestamp())::float8 AS now

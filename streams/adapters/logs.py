@@ -29,6 +29,7 @@ NOISY_LOGGERS = (
     "librdkafka",
     "asyncio",
     "httpx",
+    "httpx2",
     "httpcore",
     "openai",
     "urllib3",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
@@ -187,3 +188,10 @@ async def events_batched(dsn: str) -> int:
         return int(await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM batches"))
     finally:
         await conn.close()
+
+
+async def wait_for_log(worker: Worker, text: str, times: int = 1, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    while worker.log_text().count(text) < times:
+        assert time.monotonic() < deadline, f"no {text!r} x{times}:\n{worker.log_text()[-3000:]}"
+        await asyncio.sleep(0.2)

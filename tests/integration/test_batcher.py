@@ -4,28 +4,19 @@ characters PostgreSQL refuses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import orjson
-import pytest
 from confluent_kafka import Producer
 
 from streams.embedded import EmbeddedBroker
+from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
-    Worker,
     batch_rows,
     events_batched,
-    own_broker,
     read_topic,
     worker_env,
 )
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    yield from own_broker()
 
 
 def event(event_id: str, **extra: object) -> bytes:
@@ -34,9 +25,9 @@ def event(event_id: str, **extra: object) -> bytes:
 
 
 async def test_odd_input_is_batched_once_or_dead_lettered_with_its_origin(
-    broker: EmbeddedBroker, migrated_database: str, tmp_path: Path
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
 ) -> None:
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap, "acks": "all"})
     sent = [
         (b"svc", event("a")),
         (b"svc", event("a")),  # the same event again: dropped, not batched twice
@@ -49,17 +40,14 @@ async def test_odd_input_is_batched_once_or_dead_lettered_with_its_origin(
         producer.produce("events", value, key, partition=0)
     producer.flush(10)
 
-    worker = Worker("odd", worker_env(broker, migrated_database, BATCH_MAX_AGE_SECONDS="2"),
-                    tmp_path).start()
-    try:
-        for _ in range(150):
-            if await events_batched(migrated_database) >= 2:
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(1)
-        assert worker.stop() == 0
-    finally:
-        worker.close()
+    worker = workers("odd", worker_env(fresh_broker, migrated_database,
+                                       BATCH_MAX_AGE_SECONDS="2"))
+    for _ in range(150):
+        if await events_batched(migrated_database) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1)
+    assert worker.stop() == 0
 
     [row] = await batch_rows(migrated_database)
     assert row["event_count"] == 2
@@ -71,11 +59,11 @@ async def test_odd_input_is_batched_once_or_dead_lettered_with_its_origin(
         await conn.close()
     assert digest["top_errors"] == [["E: bad\ufffdbyte", 1]]
 
-    [(_, value, _)] = read_topic(broker.bootstrap, "analysis-requests", idle=2.0)
+    [(_, value, _)] = read_topic(fresh_broker.bootstrap, "analysis-requests", idle=2.0)
     assert orjson.loads(value or b"")["event_ids"] == ["a", "nul"]
 
     dead = {int(h["dlq.origin.offset"]): (key, value, h)
-            for key, value, h in read_topic(broker.bootstrap, "dead-letter", idle=2.0)}
+            for key, value, h in read_topic(fresh_broker.bootstrap, "dead-letter", idle=2.0)}
     assert sorted(dead) == [3, 4, 5]
     assert dead[3][2]["dlq.reason"] == b"malformed_json"
     assert dead[3][1] == b'{"event_id": "broken"'  # the original bytes, unchanged

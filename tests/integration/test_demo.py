@@ -1,7 +1,8 @@
 """`streamsight demo` end to end: embedded broker, real PostgreSQL, a worker subprocess.
 
 Runs the command the way a user (or CI) does, bounded by --duration, and checks that its
-output shows sealed batches and a summary whose numbers add up.
+output shows sealed batches, an insight for each of them (built-in analyzer: no
+OPENAI_API_KEY reaches the demo) and a summary whose numbers add up.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ BATCH_LINE = re.compile(
     r"\s+\d+\s+(?:[\d.]+|-)\s+[0-9a-f]{8}$",
     re.MULTILINE,
 )
+INSIGHT_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d\s+(?P<source>\S+)\s+(?P<severity>info|warning|critical)\s+(?P<summary>\S.*)$",
+    re.MULTILINE,
+)
 
 
 def number(pattern: str, text: str) -> int:
@@ -51,7 +56,9 @@ def test_demo_seals_batches_and_accounts_for_every_event(
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("KAFKA_", "DATABASE_", "BATCH_", "APP_", "LOG_", "CONSUMER_"))
+        if not key.startswith(
+            ("KAFKA_", "DATABASE_", "BATCH_", "APP_", "LOG_", "CONSUMER_", "OPENAI_", "AI_")
+        )
     }
     env.update(CI="true", TERM="dumb", COLUMNS="120", NO_COLOR="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(
@@ -106,6 +113,24 @@ def test_demo_seals_batches_and_accounts_for_every_event(
         r"produced: all accounted for",
         out,
     ), out
+
+    # The built-in analyzer writes one insight per sealed batch, printed as it arrives.
+    assert "analyst: built-in statistical analyzer builtin/1" in out, out
+    insights = [m.groupdict() for m in INSIGHT_LINE.finditer(out)]
+    assert len(insights) == len(batches), out
+    assert {i["source"] for i in insights} == {b["source"] for b in batches}, out
+    # Summaries are cut to the terminal width (COLUMNS=120).
+    assert all(len(m.group(0)) <= 120 for m in INSIGHT_LINE.finditer(out)), out
+    insight_total = number(r"^\s+insights\s+([\d,]+)", out)
+    assert insight_total == total_batches, out
+    severities = re.search(
+        r"^\s+insights\s+[\d,]+\s+\(info (\d+), warning (\d+), critical (\d+)\) by builtin/1$",
+        out,
+        re.MULTILINE,
+    )
+    assert severities, out
+    assert sum(int(n) for n in severities.groups()) == insight_total, out
+    assert f"{total_batches:,} sealed batches seen: every one has its insight" in out, out
     assert "worker stopped (exit code 0" in out, out
     assert "broker stopped" in out, out
     # The worker's logs go to the run directory, not the terminal.

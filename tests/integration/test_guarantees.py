@@ -8,9 +8,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,38 +16,19 @@ import pytest
 
 from streams.core.models import Reason
 from streams.embedded import EmbeddedBroker
+from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     Traffic,
     Worker,
     batch_rows,
     events_batched,
-    own_broker,
     produce,
     read_topic,
+    wait_for_log,
     worker_env,
 )
 
 MAX_EVENTS = 100
-WorkerFactory = Callable[[str, dict[str, str]], Worker]
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedBroker]:
-    yield from own_broker()
-
-
-@pytest.fixture
-def workers(tmp_path: Path) -> Iterator[WorkerFactory]:
-    started: list[Worker] = []
-
-    def make(name: str, env: dict[str, str]) -> Worker:
-        worker = Worker(name, env, tmp_path)
-        started.append(worker)
-        return worker.start()
-
-    yield make
-    for worker in started:
-        worker.close()
 
 
 def produce_in_background(bootstrap: str, count: int, rate: float, seed: int,
@@ -69,13 +48,6 @@ async def wait_until_batched(dsn: str, expected: int, workers: list[Worker],
             logs = "\n".join(w.log_text()[-3000:] for w in workers)
             pytest.fail(f"only {done} of {expected} events batched in {within}s\n{logs}")
         await asyncio.sleep(0.5)
-
-
-async def wait_for_log(worker: Worker, text: str, times: int = 1, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while worker.log_text().count(text) < times:
-        assert time.monotonic() < deadline, f"no {text!r} x{times}:\n{worker.log_text()[-3000:]}"
-        await asyncio.sleep(0.2)
 
 
 async def assert_guarantees(broker: EmbeddedBroker, dsn: str, traffic: Traffic) -> None:
@@ -117,11 +89,11 @@ async def assert_guarantees(broker: EmbeddedBroker, dsn: str, traffic: Traffic) 
 
 
 async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
-    broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
 ) -> None:
-    env = worker_env(broker, migrated_database, BATCH_MAX_AGE_SECONDS="4")
+    env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="4")
     worker = workers("killed", env)
-    producer, traffic = produce_in_background(broker.bootstrap, 8000, rate=300, seed=11)
+    producer, traffic = produce_in_background(fresh_broker.bootstrap, 8000, rate=300, seed=11)
     rng = random.Random(2026)
     for kills in range(3):
         # Kill while it works: after it has partitions, at a random moment.
@@ -133,16 +105,16 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert len(traffic.valid) > 7000
     await wait_until_batched(migrated_database, len(traffic.valid), [worker])
     assert worker.stop() == 0
-    await assert_guarantees(broker, migrated_database, traffic)
+    await assert_guarantees(fresh_broker, migrated_database, traffic)
     assert worker.log_text().count("batcher.recovering") >= 1
 
 
 async def test_worker_joining_and_leaving_midstream(
-    broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
 ) -> None:
-    env = worker_env(broker, migrated_database, BATCH_MAX_AGE_SECONDS="4")
+    env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="4")
     first = workers("first", env)
-    producer, traffic = produce_in_background(broker.bootstrap, 6000, rate=300, seed=12)
+    producer, traffic = produce_in_background(fresh_broker.bootstrap, 6000, rate=300, seed=12)
     await asyncio.sleep(5)
     second = workers("second", env)
     await wait_for_log(second, "fetch.assigned")
@@ -151,19 +123,19 @@ async def test_worker_joining_and_leaving_midstream(
     await asyncio.to_thread(producer.join)
     await wait_until_batched(migrated_database, len(traffic.valid), [first, second])
     assert first.stop() == 0
-    await assert_guarantees(broker, migrated_database, traffic)
+    await assert_guarantees(fresh_broker, migrated_database, traffic)
     assert "fetch.revoked" in first.log_text()
 
 
 async def test_idle_key_seals_by_age_near_its_deadline(
-    broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     age = 3.0
-    env = worker_env(broker, migrated_database, BATCH_MAX_AGE_SECONDS=str(age))
+    env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS=str(age))
     worker = workers("age", env)
     await wait_for_log(worker, "fetch.assigned")
     sent_at = time.monotonic()
-    traffic = await asyncio.to_thread(produce, broker.bootstrap, 5, sources=1, seed=3)
+    traffic = await asyncio.to_thread(produce, fresh_broker.bootstrap, 5, sources=1, seed=3)
     await wait_until_batched(migrated_database, 5, [worker], within=30)
     seen_after = time.monotonic() - sent_at
     worker.stop()
@@ -176,11 +148,11 @@ async def test_idle_key_seals_by_age_near_its_deadline(
 
 
 async def test_clean_shutdown_seals_open_batches_and_restart_adds_nothing(
-    broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
 ) -> None:
-    env = worker_env(broker, migrated_database, BATCH_MAX_AGE_SECONDS="600")
+    env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="600")
     worker = workers("clean", env)
-    traffic = await asyncio.to_thread(produce, broker.bootstrap, 700, sources=5, seed=4)
+    traffic = await asyncio.to_thread(produce, fresh_broker.bootstrap, 700, sources=5, seed=4)
     deadline = time.monotonic() + 60
     # 700 events over 5 keys: some count seals, the rest stays open until shutdown.
     while await events_batched(migrated_database) < 100:
@@ -191,11 +163,11 @@ async def test_clean_shutdown_seals_open_batches_and_restart_adds_nothing(
     rows = await batch_rows(migrated_database)
     assert sum(r["event_count"] for r in rows) == len(traffic.valid) == 700
     assert {r["seal_reason"] for r in rows} == {"count", "shutdown"}
-    published = len(read_topic(broker.bootstrap, "analysis-requests", idle=2.0))
+    published = len(read_topic(fresh_broker.bootstrap, "analysis-requests", idle=2.0))
 
     worker.start()
     await wait_for_log(worker, "fetch.assigned", 2)
     await asyncio.sleep(3)
     assert worker.stop() == 0
     assert len(await batch_rows(migrated_database)) == len(rows)
-    assert len(read_topic(broker.bootstrap, "analysis-requests", idle=2.0)) == published
+    assert len(read_topic(fresh_broker.bootstrap, "analysis-requests", idle=2.0)) == published

@@ -21,7 +21,6 @@ from streams.errors import PermanentError, RateLimited, RetryableError
 from tests.support.ai_server import VALID_ANALYSIS, AIServer, Reply, closed_port
 from tests.support.batches import make_analysis_request
 
-
 API_KEY = "sk-test-0123456789abcdefSECRET"
 MODEL = "gpt-4o-mini"
 

@@ -9,10 +9,10 @@ from aiokafka import AIOKafkaProducer
 from mode import Service
 
 from streams import config
-from streams.adapters.batch_store import BatchHistory
-from streams.adapters.budget import GlobalBudget
+from streams.adapters.batch_store import BatchHistory, BatchStatus
+from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.fetch import FetchLoop
-from streams.adapters.openai import OpenAIAnalyzer
+from streams.adapters.openai import OpenAIAnalyzer, load_prices
 from streams.analyst import Analyst, AnalystHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.retry import RetryPolicy
@@ -26,6 +26,8 @@ class AnalystService(Service):
     def __init__(self, settings: config.Settings, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.settings = settings
+        # Read here, before the worker starts: a bad price table is a one-line error.
+        self.prices = load_prices(settings.openai_prices)
         self.pool: asyncpg.Pool | None = None
         self.producer: AIOKafkaProducer | None = None
         self.ai: OpenAIAnalyzer | None = None
@@ -49,8 +51,11 @@ class AnalystService(Service):
         analyst = Analyst(
             producer=self.producer,
             history=BatchHistory(self.pool),
+            statuses=BatchStatus(self.pool),
             ai=self.ai,
             budget=budget,
+            spend=DailySpend(self.pool, s.ai_budget_usd_per_day) if self.ai else None,
+            prices=self.prices,
             breaker=self.breaker,
             policy=RetryPolicy(s.ai_max_attempts),
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Message
 
 from streams import config
-from streams.adapters.budget import GlobalBudget
-from streams.adapters.openai import CallFailed, CallResult, cost_usd
+from streams.adapters.budget import DailySpend, GlobalBudget
+from streams.adapters.openai import PRICES, CallFailed, CallResult, cost_usd
 from streams.core import analysis, deadletter
 from streams.core.breaker import BreakerState, CircuitBreaker
 from streams.core.models import (
@@ -75,14 +75,21 @@ class History(Protocol):
     async def before(self, source: str, until: datetime) -> Sequence[Digest]: ...
 
 
+class Statuses(Protocol):
+    async def set(self, batch_id: str, first_event_at: datetime, status: str) -> None: ...
+
+
 class Analyst:
     def __init__(
         self,
         *,
         producer: AIOKafkaProducer,
         history: History,
+        statuses: Statuses,
         ai: AIClient | None,
         budget: GlobalBudget | None,
+        spend: DailySpend | None,
+        prices: Mapping[str, tuple[float, float]] = PRICES,
         breaker: CircuitBreaker,
         policy: RetryPolicy,
         clock: Callable[[], float] = time.time,
@@ -91,8 +98,11 @@ class Analyst:
     ) -> None:
         self.producer = producer
         self.history = history
+        self.statuses = statuses
         self.ai = ai
         self.budget = budget
+        self.spend = spend
+        self.prices = prices
         self.breaker = breaker
         self.policy = policy
         self.clock = clock
@@ -122,6 +132,9 @@ class Analyst:
             probe = self.breaker.state is BreakerState.HALF_OPEN
             try:
                 await self._wait_for_budget(reserve)
+                # Last before the call: spend recorded while we waited for the budget counts.
+                # Calls already in flight can still overshoot the day's limit by their cost.
+                await self._wait_for_spend(request)
                 attempt += 1
                 log.info("ai.call", batch_id=request.batch_id, attempt=attempt, model=ai.model)
                 try:
@@ -132,12 +145,14 @@ class Analyst:
                                              failed.latency_ms, str(failed)))
                     await self._settle_budget(reserve,
                                               failed.prompt_tokens + failed.completion_tokens)
+                    await self._add_spend(usage[-1].cost_usd)
                     self._verdict(failed.outcome in _OUTAGES)
                     probe = False
                     log.warning("ai.failed", batch_id=request.batch_id, attempt=attempt,
                                 outcome=failed.outcome.value, error=str(failed))
                     if not self.policy.should_retry(attempt, failed.retryable):
-                        await self._give_up(request, attempt, str(failed), usage)
+                        await self._give_up(request, attempt, str(failed), usage,
+                                            "DEAD" if failed.retryable else "FAILED")
                         return
                     await self.sleep(self.policy.delay(attempt, failed.retry_after,
                                                        self.rand()))
@@ -149,7 +164,9 @@ class Analyst:
                     # Cancelled (or failed in our own code) before the probe had a verdict.
                     self.breaker.release()
             await self._settle_budget(reserve, result.prompt_tokens + result.completion_tokens)
-            cost = cost_usd(result.model, result.prompt_tokens, result.completion_tokens)
+            cost = cost_usd(result.model, result.prompt_tokens, result.completion_tokens,
+                            self.prices)
+            await self._add_spend(cost)
             usage.append(self._usage(request, ai, attempt, UsageOutcome.OK,
                                      result.prompt_tokens, result.completion_tokens,
                                      result.latency_ms, None, cost))
@@ -166,6 +183,19 @@ class Analyst:
                 return
             log.debug("ai.waiting_for_breaker", batch_id=request.batch_id, seconds=wait)
             await self.sleep(min(wait, _MAX_NAP))
+
+    async def _wait_for_spend(self, request: AnalysisRequest) -> None:
+        if self.spend is None or not await self.spend.exhausted():
+            return
+        log.warning("ai.daily_budget_spent", batch_id=request.batch_id,
+                    limit_usd=self.spend.limit_usd)
+        while await self.spend.exhausted():
+            # Until the next UTC day, or a raised limit after a restart.
+            await self.sleep(60.0)
+
+    async def _add_spend(self, usd: float) -> None:
+        if self.spend is not None:
+            await self.spend.add(usd)
 
     async def _wait_for_budget(self, tokens: int) -> None:
         if self.budget is None:
@@ -204,7 +234,8 @@ class Analyst:
             outcome=outcome,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=cost if cost is not None else cost_usd(ai.model, prompt, completion),
+            cost_usd=cost if cost is not None else cost_usd(ai.model, prompt, completion,
+                                                            self.prices),
             latency_ms=round(latency_ms, 3),
             at=datetime.fromtimestamp(self.clock(), UTC),
             error=error,
@@ -231,11 +262,12 @@ class Analyst:
         )
         await (await self.producer.send(config.INSIGHTS_TOPIC, _encode(insight),
                                          key=request.key.encode()))
+        await self.statuses.set(request.batch_id, request.first_event_at, "ANALYZED")
         log.info("insight.published", batch_id=request.batch_id,
                  insight_id=insight.insight_id, severity=result.severity.value)
 
     async def _give_up(self, request: AnalysisRequest, attempts: int, error: str,
-                       usage: list[AIUsage]) -> None:
+                       usage: list[AIUsage], status: str) -> None:
         now = datetime.fromtimestamp(self.clock(), UTC)
         headers = [
             ("dlq.reason", Reason.AI_FAILED.value.encode()),
@@ -254,7 +286,9 @@ class Analyst:
                                      key=request.key.encode()),
         ]
         await asyncio.gather(*sent)
-        log.error("ai.gave_up", batch_id=request.batch_id, attempts=attempts, error=error)
+        await self.statuses.set(request.batch_id, request.first_event_at, status)
+        log.error("ai.gave_up", batch_id=request.batch_id, attempts=attempts, error=error,
+                  status=status)
 
 
 class AnalystHandler:

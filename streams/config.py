@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     ai_max_attempts: int = Field(5, ge=1)
     ai_max_concurrency: int = Field(4, ge=1, le=256)
     openai_timeout_seconds: float = Field(60.0, gt=0)
+    # Model prices in USD per million tokens: JSON or a file path, over the built-in table.
+    openai_prices: str | None = None
+    ai_budget_usd_per_day: float | None = Field(None, gt=0)
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(600.0, gt=0)
 

@@ -110,3 +110,23 @@ class BatchHistory:
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             raise _mapped(exc) from exc
         return [_decode_digest(row[0]) for row in reversed(rows)]
+
+
+# A batch that got its insight stays ANALYZED, whatever a late retry of it says.
+_STATUS = """
+UPDATE batches SET status = $3, updated_at = now()
+WHERE batch_id = $1 AND first_event_at = $2 AND status <> 'ANALYZED' AND status <> $3
+"""
+
+
+class BatchStatus:
+    """Moves a batch through SEALED -> ANALYZED, or FAILED / DEAD."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def set(self, batch_id: str, first_event_at: datetime, status: str) -> None:
+        try:
+            await self._pool.execute(_STATUS, batch_id, first_event_at, status)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise _mapped(exc) from exc

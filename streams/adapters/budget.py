@@ -78,3 +78,35 @@ class GlobalBudget:
                 "tokens", self._capacity["tokens"], float(reserved - used))
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
             raise RetryableError(f"AI budget unavailable: {exc.__class__.__name__}") from exc
+
+
+_SPENT = "SELECT coalesce(sum(usd), 0) FROM ai_spend WHERE day = (now() AT TIME ZONE 'UTC')::date"
+_SPEND = """
+INSERT INTO ai_spend (day, usd) VALUES ((now() AT TIME ZONE 'UTC')::date, $1)
+ON CONFLICT (day) DO UPDATE SET usd = ai_spend.usd + EXCLUDED.usd
+"""
+
+
+class DailySpend:
+    """What the deployment has spent on AI today (UTC), against a daily limit."""
+
+    def __init__(self, pool: asyncpg.Pool, limit_usd: float | None) -> None:
+        self._pool = pool
+        self.limit_usd = limit_usd
+
+    async def exhausted(self) -> bool:
+        if self.limit_usd is None:
+            return False
+        try:
+            spent = float(await self._pool.fetchval(_SPENT))
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise RetryableError(f"AI spend unavailable: {exc.__class__.__name__}") from exc
+        return spent >= self.limit_usd
+
+    async def add(self, usd: float) -> None:
+        if usd <= 0:
+            return
+        try:
+            await self._pool.execute(_SPEND, usd)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
+            raise RetryableError(f"AI spend unavailable: {exc.__class__.__name__}") from exc

@@ -113,6 +113,8 @@ async def test_openai_retries_honour_retry_after_and_record_each_call(
     # The prompt is built from the digest: numbers, never the raw events' ids.
     assert insight["batch_id"] not in calls[0].prompt_text
     assert "sk-test-secret-key" not in worker.log_text()
+    [row] = await batch_rows(migrated_database)
+    assert row["status"] == "ANALYZED"
 
 
 async def test_failed_requests_go_to_dead_letter_with_attempts_and_an_error_record(
@@ -142,6 +144,8 @@ async def test_failed_requests_go_to_dead_letter_with_attempts_and_an_error_reco
     assert record["type"] == "ai_failed" and record["batch_id"] == str(row["batch_id"])
     assert [u["outcome"] for u in record["usage"]] == ["server_error"] * 3
     assert await insights(fresh_broker) == {}
+    [row] = await batch_rows(migrated_database)
+    assert row["status"] == "DEAD"
 
 
 async def test_client_errors_fail_at_once(
@@ -158,6 +162,23 @@ async def test_client_errors_fail_at_once(
     await wait_for(dead_lettered, 90, "no error record", worker)
     assert await asyncio.to_thread(worker.stop) == 0
     assert len(ai_server.chat_requests) == 1
+    [row] = await batch_rows(migrated_database)
+    assert row["status"] == "FAILED"
+
+
+async def test_daily_budget_spent_makes_requests_wait(
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    ai_server: AIServer,
+) -> None:
+    worker = workers("spend", ai_env(fresh_broker, migrated_database, ai_server,
+                                     AI_BUDGET_USD_PER_DAY="0.0000001"), BOTH)
+    await asyncio.to_thread(produce, fresh_broker.bootstrap, 200, sources=1, seed=5)
+    await wait_for_log(worker, "ai.daily_budget_spent", within=90)
+    await asyncio.sleep(3)
+    assert await asyncio.to_thread(worker.stop) == 0
+    # The first call spent the day's budget; the second request waits instead of calling.
+    assert len(ai_server.chat_requests) == 1
+    assert len(await insights(fresh_broker)) == 1
 
 
 async def test_breaker_opens_requests_wait_then_one_probe_closes_it(

@@ -1,0 +1,82 @@
+"""What every agent has: a database pool, a producer and a FetchLoop over its topic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import faust
+from aiokafka import AIOKafkaProducer
+from mode import Service
+
+from streams import config
+from streams.adapters.fetch import FetchHandler, FetchLoop
+
+
+class AgentService(Service):
+    """Owns an agent's pool and producer, which outlive its FetchLoop child: the loop
+    settles through them while it stops."""
+
+    #: Short name: consumer group ``<APP_ID>-<name>``, log field ``loop``.
+    agent: str
+    #: The topic the agent reads.
+    topic: str
+
+    def __init__(self, settings: config.Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "started"
+        return self._pool
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "started"
+        return self._producer
+
+    async def build_handler(self) -> tuple[FetchHandler, int]:
+        """The handler for the FetchLoop and the most messages it takes per fetch."""
+        raise NotImplementedError
+
+    async def on_start(self) -> None:
+        s = self.settings
+        self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=4)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            client_id=f"{s.app_id}-{self.agent}",
+            acks="all",
+            # Each settle sends its whole output at once and waits for it: no lingering.
+            linger_ms=0,
+            max_batch_size=1024 * 1024,
+        )
+        await self._producer.start()
+        handler, max_records = await self.build_handler()
+        fetch = FetchLoop(
+            name=self.agent,
+            topic=self.topic,
+            group_id=f"{s.app_id}-{self.agent}",
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            handler=handler,
+            max_records=max_records,
+            session_timeout_ms=s.consumer_session_timeout_ms,
+            heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
+            loop=self.loop,
+            beacon=self.beacon,
+        )
+        await self.add_runtime_dependency(fetch)
+
+    async def on_shutdown(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._pool is not None:
+            await self._pool.close()
+
+
+def install(app: faust.App, service: AgentService) -> AgentService:
+    """Start ``service`` with the app (and stop it with it)."""
+    app.add_dependency(service)
+    return service

@@ -222,3 +222,16 @@ def insight_id_for(batch_id: str, analyzer: str) -> str:
 
 def usage_id_for(batch_id: str, analyzer: str, attempt: int) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"usage/{batch_id}/{analyzer}/{attempt}"))
+
+
+class PerformanceRow(msgspec.Struct, frozen=True):
+    """A timed operation from one event (a row of ``api_performance``)."""
+
+    time: datetime
+    source: str
+    event_id: str
+    duration_ms: float
+    success: bool
+    route: str | None = None
+    method: str | None = None
+    status_code: int | None = None

@@ -14,7 +14,7 @@ from streams.adapters.batch_store import BatchHistory, BatchStatus
 from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.fetch import FetchHandler
 from streams.adapters.openai import OpenAIAnalyzer, load_prices
-from streams.analyst import Analyst, AnalystHandler
+from streams.analyst import MAX_WAITING, Analyst, AnalystHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.retry import RetryPolicy
 
@@ -53,8 +53,7 @@ class AnalystService(AgentService):
             policy=RetryPolicy(s.ai_max_attempts),
         )
         log.info("analyst.ready", analyzer=analyst.name)
-        concurrency = s.ai_max_concurrency
-        return AnalystHandler(analyst, self.producer, concurrency), 2 * concurrency
+        return AnalystHandler(analyst, self.producer, s.ai_max_concurrency), MAX_WAITING
 
     async def on_shutdown(self) -> None:
         if self.ai is not None:

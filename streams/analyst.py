@@ -56,6 +56,10 @@ _decode_digest = msgspec.json.Decoder(Digest).decode
 # (rate limit, bad request, unusable output) is up, and says so.
 _OUTAGES = frozenset({UsageOutcome.SERVER_ERROR, UsageOutcome.TIMEOUT,
                       UsageOutcome.CONNECTION_ERROR})
+# Requests a worker holds (waiting for a call slot) before it pauses consumption. A few
+# kilobytes each; resuming a paused fetch costs librdkafka about a second, so the bar
+# sits well above what a slow provider works through in that time.
+MAX_WAITING = 1000
 # Longest single sleep while waiting on the breaker or budget: short enough to notice
 # shutdown and a probe's verdict promptly.
 _MAX_NAP = 5.0
@@ -338,7 +342,7 @@ class AnalystHandler:
             await self.analyst.analyze(request)
 
     def wants_more(self) -> bool:
-        return sum(len(t) for t in self._tasks.values()) < 2 * self.concurrency
+        return sum(len(t) for t in self._tasks.values()) < MAX_WAITING
 
     def tick(self, now: float) -> None:
         return None

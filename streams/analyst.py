@@ -24,7 +24,14 @@ from typing import Protocol
 import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from confluent_kafka import Message
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential_jitter,
+)
 
 from streams import config
 from streams.adapters.budget import DailySpend, GlobalBudget
@@ -45,6 +52,7 @@ from streams.core.models import (
     usage_id_for,
 )
 from streams.core.retry import RetryPolicy
+from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
 
@@ -295,6 +303,11 @@ class Analyst:
                   status=status)
 
 
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("analyst.retry", attempt=state.attempt_number, error=str(exc))
+
+
 class AnalystHandler:
     """FetchLoop handler over ``analysis-requests``: requests become tasks."""
 
@@ -339,7 +352,16 @@ class AnalystHandler:
                                              key=message.key(), headers=headers))
             return
         async with self._slots:
-            await self.analyst.analyze(request)
+            # The database or broker away for a while: the request waits and tries again
+            # (a call it already made may be made again; the insight id stays the same).
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type((RetryableError, KafkaError)),
+                wait=wait_exponential_jitter(initial=0.5, max=30.0),
+                before_sleep=_log_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    await self.analyst.analyze(request)
 
     def wants_more(self) -> bool:
         return sum(len(t) for t in self._tasks.values()) < MAX_WAITING

@@ -8,9 +8,9 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.core.batching import SealDecision
 from streams.core.models import AnalysisRequest, Digest, SealReason
-from streams.errors import PermanentError, RetryableError
 
 _INSERT = """
 INSERT INTO batches (batch_id, source, topic, partition, first_offset, last_offset,
@@ -39,14 +39,6 @@ _encode = msgspec.json.Encoder().encode
 _NUL, _REPLACEMENT = b"\\u0000", b"\\ufffd"
 
 
-def _mapped(exc: BaseException) -> Exception:
-    if isinstance(exc, asyncpg.PostgresError) and not isinstance(
-        exc, asyncpg.exceptions.PostgresConnectionError | asyncpg.exceptions.CannotConnectNowError
-    ):
-        return PermanentError(f"batches table: {exc.__class__.__name__}: {exc}")
-    return RetryableError(f"database unavailable: {exc.__class__.__name__}: {exc}")
-
-
 class BatchStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -65,15 +57,15 @@ class BatchStore:
                 column.append(value)
         try:
             await self._pool.execute(_INSERT, *columns)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise _mapped(exc) from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("batches table", exc) from exc
 
     async def decisions(self, topic: str, partition: int, start: int) -> list[SealDecision]:
         """Seal decisions on a partition that reach ``start`` or beyond."""
         try:
             rows = await self._pool.fetch(_DECISIONS, topic, partition, start)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise _mapped(exc) from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("batches table", exc) from exc
         return [
             SealDecision(
                 key=row["source"],
@@ -107,8 +99,8 @@ class BatchHistory:
         """Oldest first, the batches that started before ``until``."""
         try:
             rows = await self._pool.fetch(_HISTORY, source, until, self._limit)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise _mapped(exc) from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("batches table", exc) from exc
         return [_decode_digest(row[0]) for row in reversed(rows)]
 
 
@@ -128,5 +120,5 @@ class BatchStatus:
     async def set(self, batch_id: str, first_event_at: datetime, status: str) -> None:
         try:
             await self._pool.execute(_STATUS, batch_id, first_event_at, status)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise _mapped(exc) from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("batches table", exc) from exc

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncpg
 
+from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.core.ratelimit import bucket_state
-from streams.errors import RetryableError
 
 # Burst allowance: one second of the per-minute rate, so that a full bucket plus its
 # refill stays within the provider's per-minute limit in any minute (within 1/60).
@@ -65,8 +65,8 @@ class GlobalBudget:
                 for name, (level, _wait) in steps.items():
                     await conn.execute(_STORE, name, level, now)
                 return 0.0
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise RetryableError(f"AI budget unavailable: {exc.__class__.__name__}") from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("AI budget", exc) from exc
 
     async def settle(self, reserved: int, used: int) -> None:
         """Give back tokens reserved but not used (or charge an overrun)."""
@@ -76,8 +76,8 @@ class GlobalBudget:
             await self._pool.execute(
                 "UPDATE ai_budget SET tokens = least($2, tokens + $3) WHERE name = $1",
                 "tokens", self._capacity["tokens"], float(reserved - used))
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise RetryableError(f"AI budget unavailable: {exc.__class__.__name__}") from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("AI budget", exc) from exc
 
 
 _SPENT = "SELECT coalesce(sum(usd), 0) FROM ai_spend WHERE day = (now() AT TIME ZONE 'UTC')::date"
@@ -99,8 +99,8 @@ class DailySpend:
             return False
         try:
             spent = float(await self._pool.fetchval(_SPENT))
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise RetryableError(f"AI spend unavailable: {exc.__class__.__name__}") from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("AI spend", exc) from exc
         return spent >= self.limit_usd
 
     async def add(self, usd: float) -> None:
@@ -108,5 +108,5 @@ class DailySpend:
             return
         try:
             await self._pool.execute(_SPEND, usd)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as exc:
-            raise RetryableError(f"AI spend unavailable: {exc.__class__.__name__}") from exc
+        except QUERY_ERRORS as exc:
+            raise query_error("AI spend", exc) from exc

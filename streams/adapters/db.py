@@ -53,6 +53,24 @@ def _connection_error(dsn: str, exc: BaseException) -> Exception:
 
 _CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
+#: What a query can raise; ``query_error`` sorts it into retryable and permanent.
+QUERY_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The server went away or is restarting: the same statement can work a moment later.
+_TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+def query_error(doing: str, exc: BaseException) -> Exception:
+    """Map a failed query onto streams.errors (no DSN or parameters in the message)."""
+    if isinstance(exc, _TRANSIENT):
+        return RetryableError(f"{doing}: database unavailable ({exc.__class__.__name__})")
+    return PermanentError(f"{doing}: {exc.__class__.__name__}: {exc}")
+
 
 async def connect(
     dsn: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0

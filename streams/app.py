@@ -15,9 +15,13 @@ AgentFactory = Callable[[faust.App, Settings], Service | None]
 
 
 def known_agents() -> dict[str, AgentFactory]:
-    from agents import analyst, batcher
+    from agents import analyst, batcher, sinks
 
-    return {"batcher": batcher.install, "analyst": analyst.install}
+    return {
+        "batcher": batcher.install,
+        "analyst": analyst.install,
+        "sink-insights": sinks.install_insights,
+    }
 
 
 def resolve_agents(agents: Iterable[str] | None) -> list[str]:

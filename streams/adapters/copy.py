@@ -23,7 +23,7 @@ class CopyWriter:
         names = ", ".join(self.columns)
         self._create = (
             f"CREATE TEMP TABLE IF NOT EXISTS {self._staging} "
-            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"(LIKE {table} INCLUDING DEFAULTS INCLUDING GENERATED) ON COMMIT DELETE ROWS"
         )
         self._insert = (
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {self._staging} "

@@ -1,0 +1,61 @@
+"""Sinks into PostgreSQL: rows arrive, and a replay of the same topic adds none."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from streams.embedded import EmbeddedBroker
+from tests.integration.conftest import WorkerFactory
+from tests.integration.harness import produce, worker_env
+from tests.support.ai_server import AIServer
+
+
+async def counts(dsn: str) -> tuple[int, int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return (
+            int(await conn.fetchval("SELECT count(*) FROM batches")),
+            int(await conn.fetchval("SELECT count(*) FROM insights")),
+            int(await conn.fetchval("SELECT count(*) FROM ai_usage")),
+        )
+    finally:
+        await conn.close()
+
+
+async def test_insights_and_usage_land_once_even_when_replayed(
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    ai_server: AIServer,
+) -> None:
+    env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="3",
+                     OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=ai_server.base_url,
+                     AI_REQUESTS_PER_MINUTE="6000")
+    worker = workers("sink", env, "batcher,analyst,sink-insights")
+    await asyncio.to_thread(produce, fresh_broker.bootstrap, 600, sources=4, seed=12)
+    deadline = time.monotonic() + 90
+    while True:
+        batches, insights, usage = await counts(migrated_database)
+        if batches and insights == batches and usage == batches:
+            break
+        assert time.monotonic() < deadline, worker.log_text()[-3000:]
+        await asyncio.sleep(0.5)
+    assert await asyncio.to_thread(worker.stop) == 0
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        unanalysed = await conn.fetchval(
+            "SELECT count(*) FROM batches b WHERE NOT EXISTS "
+            "(SELECT 1 FROM insights i WHERE i.batch_id = b.batch_id)")
+        statuses = {r[0] for r in await conn.fetch("SELECT DISTINCT status FROM batches")}
+    finally:
+        await conn.close()
+    assert unanalysed == 0
+    assert statuses == {"ANALYZED"}
+
+    # A second sink in a new consumer group reads the whole topic again: nothing new.
+    replay = workers("replay", {**env, "APP_ID": "replay"}, "sink-insights")
+    await asyncio.sleep(12)
+    assert await asyncio.to_thread(replay.stop) == 0
+    assert "fetch.first" in replay.log_text()
+    assert await counts(migrated_database) == (batches, insights, usage)

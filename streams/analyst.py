@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from streams import config
+from streams.adapters import metrics
 from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.openai import PRICES, CallFailed, CallResult, cost_usd
 from streams.core import analysis, deadletter
@@ -201,9 +202,11 @@ class Analyst:
             return
         log.warning("ai.daily_budget_spent", batch_id=request.batch_id,
                     limit_usd=self.spend.limit_usd)
+        metrics.AI_DAILY_BUDGET_SPENT.set(1)
         while await self.spend.exhausted():
             # Until the next UTC day, or a raised limit after a restart.
             await self.sleep(60.0)
+        metrics.AI_DAILY_BUDGET_SPENT.set(0)
 
     async def _add_spend(self, usd: float) -> None:
         if self.spend is not None:
@@ -231,12 +234,19 @@ class Analyst:
         for change in self.breaker.drain_transitions():
             log.warning("ai.breaker", old=change.old.value, new=change.new.value,
                         reason=change.reason)
+            metrics.AI_BREAKER_STATE.set(metrics.BREAKER_STATES[change.new.value])
 
     def _usage(
         self, request: AnalysisRequest, ai: AIClient, attempt: int, outcome: UsageOutcome,
         prompt: int, completion: int, latency_ms: float, error: str | None,
         cost: float | None = None,
     ) -> AIUsage:
+        if cost is None:
+            cost = cost_usd(ai.model, prompt, completion, self.prices)
+        metrics.AI_REQUESTS.labels(ai.model, outcome.value).inc()
+        metrics.AI_TOKENS.labels(ai.model, "prompt").inc(prompt)
+        metrics.AI_TOKENS.labels(ai.model, "completion").inc(completion)
+        metrics.AI_COST.labels(ai.model).inc(cost)
         return AIUsage(
             request_id=usage_id_for(request.batch_id, ai.name, attempt),
             batch_id=request.batch_id,
@@ -246,8 +256,7 @@ class Analyst:
             outcome=outcome,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost_usd=cost if cost is not None else cost_usd(ai.model, prompt, completion,
-                                                            self.prices),
+            cost_usd=cost,
             latency_ms=round(latency_ms, 3),
             at=datetime.fromtimestamp(self.clock(), UTC),
             error=error,
@@ -275,6 +284,7 @@ class Analyst:
         await (await self.producer.send(config.INSIGHTS_TOPIC, _encode(insight),
                                          key=request.key.encode()))
         await self.statuses.set(request.batch_id, request.first_event_at, "ANALYZED")
+        metrics.INSIGHTS.labels(analyzer, result.severity.value).inc()
         log.info("insight.published", batch_id=request.batch_id,
                  insight_id=insight.insight_id, severity=result.severity.value)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 import faust
 from mode import Service
 
+from agents import web
 from streams.config import Settings
 from streams.errors import ConfigError
 
@@ -53,4 +54,5 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
     )
     for name in chosen:
         available[name](app, settings)
+    web.install(app)
     return app

@@ -4,7 +4,9 @@ OpenAI-compatible server driven by the real ``openai`` client (guarantee 4)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+import urllib.request
 from typing import Any
 
 import orjson
@@ -186,17 +188,25 @@ async def test_breaker_opens_requests_wait_then_one_probe_closes_it(
     ai_server: AIServer,
 ) -> None:
     cooldown = 5.0
+    port = free_port()
     ai_server.script(Reply.status(500), Reply.status(500))
     worker = workers("breaker", ai_env(
         fresh_broker, migrated_database, ai_server, CIRCUIT_FAILURE_THRESHOLD="2",
-        CIRCUIT_COOLDOWN_SECONDS=str(cooldown), AI_MAX_ATTEMPTS="5"), BOTH)
+        CIRCUIT_COOLDOWN_SECONDS=str(cooldown), AI_MAX_ATTEMPTS="5",
+        WEB_ENABLED="true", WEB_PORT=str(port)), BOTH)
     await one_batch(fresh_broker)
 
     async def answered() -> bool:
         return len(await insights(fresh_broker)) == 1
 
     await wait_for(answered, 90, "no insight", worker)
+    scraped = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
     assert await asyncio.to_thread(worker.stop) == 0
+    # The breaker's state and every call are exposed to Prometheus.
+    assert "streamsight_ai_breaker_state 0.0" in scraped
+    calls_by = 'streamsight_ai_requests_total{model="gpt-4o-mini",outcome="%s"} %s'
+    assert calls_by % ("server_error", "2.0") in scraped
+    assert calls_by % ("ok", "1.0") in scraped
     calls = ai_server.chat_requests
     assert len(calls) == 3
     # Open for the whole cooldown: the request waited, it did not burn attempts.
@@ -255,6 +265,19 @@ async def test_slow_provider_does_not_hold_up_batching(
     assert ai_server.chat_requests, "no AI call was in flight"
     assert await insights(fresh_broker) == {}, "the provider was meant to be still thinking"
     await asyncio.to_thread(worker.stop)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        return str(response.read().decode())
 
 
 def _json(line: str) -> dict[str, Any]:

@@ -290,7 +290,6 @@ class Analyst:
 
     async def _give_up(self, request: AnalysisRequest, attempts: int, error: str,
                        usage: list[AIUsage], status: str) -> None:
-        now = datetime.fromtimestamp(self.clock(), UTC)
         headers = [
             ("dlq.reason", Reason.AI_FAILED.value.encode()),
             ("dlq.error", error.encode()[:deadletter.MAX_ERROR_BYTES]),
@@ -298,7 +297,9 @@ class Analyst:
             ("dlq.origin.topic", config.ANALYSIS_REQUESTS_TOPIC.encode()),
             ("dlq.batch_id", request.batch_id.encode()),
         ]
-        record = ErrorRecord(time=now, source=request.key, type=Reason.AI_FAILED.value,
+        # The batch's seal time, not now: a give-up redone after a crash is the same row.
+        record = ErrorRecord(time=request.sealed_at, source=request.key,
+                             type=Reason.AI_FAILED.value,
                              message=f"analysis failed after {attempts} attempts: {error}",
                              batch_id=request.batch_id, usage=usage)
         sent = [

@@ -22,6 +22,7 @@ def known_agents() -> dict[str, AgentFactory]:
         "batcher": batcher.install,
         "analyst": analyst.install,
         "sink-insights": sinks.install_insights,
+        "sink-errors": sinks.install_errors,
     }
 
 

@@ -1,14 +1,15 @@
 """Sinks: records from Kafka into TimescaleDB tables, idempotent and durable before commit.
 
-A sink handler is a FetchLoop handler: ``records`` turns a fetch into rows in memory and
-``settle`` writes them (COPY into staging, INSERT ... ON CONFLICT DO NOTHING, one
-transaction) before the offsets are committed. A replay or a restart re-reads what was
-not committed and writes nothing twice: every table's key is deterministic.
+A ``SinkHandler`` is a FetchLoop handler: ``records`` turns a fetch into rows in memory
+and ``settle`` writes them (COPY into staging, INSERT ... ON CONFLICT DO NOTHING, one
+transaction for all tables) before the offsets are committed. A replay or a restart
+re-reads what was not committed and writes nothing twice: every table's key is
+deterministic. A message that cannot be read goes to ``dead-letter`` with its reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -20,36 +21,32 @@ from confluent_kafka import Message
 from streams import config
 from streams.adapters.copy import CopyWriter
 from streams.core import deadletter
-from streams.core.models import AIUsage, Insight, Reason, Rejection
+from streams.core.models import AIUsage, ErrorRecord, Insight, Reason, Rejection
 
 log = structlog.get_logger(__name__)
 
-_decode_insight = msgspec.json.Decoder(Insight).decode
 _encode = msgspec.json.Encoder().encode
+_decode_insight = msgspec.json.Decoder(Insight).decode
+_decode_error = msgspec.json.Decoder(ErrorRecord).decode
 
-INSIGHT_COLUMNS = (
-    "insight_id", "batch_id", "source", "window_start", "window_end", "summary", "severity",
-    "confidence", "patterns", "anomalies", "recommendations", "analyzer", "prompt_tokens",
-    "completion_tokens", "cost_usd", "latency_ms", "created_at",
-)
-USAGE_COLUMNS = (
-    "request_id", "batch_id", "analyzer", "model", "attempt", "outcome", "prompt_tokens",
-    "completion_tokens", "cost_usd", "latency_ms", "at", "error",
-)
+Row = tuple[object, ...]
+#: Turns one message value into (table, row) pairs; raises msgspec errors on bad input.
+RowsOf = Callable[[bytes], Iterable[tuple[str, Row]]]
 
-
-def insight_row(insight: Insight) -> tuple[object, ...]:
-    a = insight.analysis
-    return (
-        UUID(insight.insight_id), UUID(insight.batch_id), insight.source,
-        insight.window_start, insight.window_end, a.summary, a.severity.value, a.confidence,
-        _encode(a.patterns).decode(), _encode(a.anomalies).decode(),
-        _encode(a.recommendations).decode(), insight.analyzer, insight.prompt_tokens,
-        insight.completion_tokens, insight.cost_usd, insight.latency_ms, insight.created_at,
-    )
+WRITERS = {
+    "insights": CopyWriter("insights", (
+        "insight_id", "batch_id", "source", "window_start", "window_end", "summary",
+        "severity", "confidence", "patterns", "anomalies", "recommendations", "analyzer",
+        "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "created_at")),
+    "ai_usage": CopyWriter("ai_usage", (
+        "request_id", "batch_id", "analyzer", "model", "attempt", "outcome", "prompt_tokens",
+        "completion_tokens", "cost_usd", "latency_ms", "at", "error")),
+    "error_events": CopyWriter("error_events", (
+        "time", "source", "type", "message", "event_id", "batch_id")),
+}
 
 
-def usage_row(usage: AIUsage) -> tuple[object, ...]:
+def _usage_row(usage: AIUsage) -> Row:
     return (
         UUID(usage.request_id), UUID(usage.batch_id), usage.analyzer, usage.model,
         usage.attempt, usage.outcome.value, usage.prompt_tokens, usage.completion_tokens,
@@ -57,16 +54,40 @@ def usage_row(usage: AIUsage) -> tuple[object, ...]:
     )
 
 
-class InsightSinkHandler:
-    """``insights`` into the ``insights`` and ``ai_usage`` tables."""
+def insight_rows(value: bytes) -> Iterable[tuple[str, Row]]:
+    insight = _decode_insight(value)
+    a = insight.analysis
+    yield "insights", (
+        UUID(insight.insight_id), UUID(insight.batch_id), insight.source,
+        insight.window_start, insight.window_end, a.summary, a.severity.value, a.confidence,
+        _encode(a.patterns).decode(), _encode(a.anomalies).decode(),
+        _encode(a.recommendations).decode(), insight.analyzer, insight.prompt_tokens,
+        insight.completion_tokens, insight.cost_usd, insight.latency_ms, insight.created_at,
+    )
+    for usage in insight.usage:
+        yield "ai_usage", _usage_row(usage)
 
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer) -> None:
+
+def error_rows(value: bytes) -> Iterable[tuple[str, Row]]:
+    error = _decode_error(value)
+    yield "error_events", (
+        error.time, error.source, error.type, error.message, error.event_id,
+        UUID(error.batch_id) if error.batch_id else None,
+    )
+    for usage in error.usage:
+        yield "ai_usage", _usage_row(usage)
+
+
+class SinkHandler:
+    """One topic into its tables."""
+
+    def __init__(self, topic: str, rows_of: RowsOf, pool: asyncpg.Pool,
+                 producer: AIOKafkaProducer) -> None:
+        self.topic = topic
+        self.rows_of = rows_of
         self.pool = pool
         self.producer = producer
-        self._insights = CopyWriter("insights", INSIGHT_COLUMNS)
-        self._usage = CopyWriter("ai_usage", USAGE_COLUMNS)
-        self._rows: list[tuple[object, ...]] = []
-        self._usage_rows: list[tuple[object, ...]] = []
+        self._rows: dict[str, list[Row]] = {}
         self._rejected: list[tuple[Message, Rejection]] = []
         self._position: dict[int, int] = {}
 
@@ -78,15 +99,14 @@ class InsightSinkHandler:
             self._position.pop(partition, None)
 
     def records(self, partition: int, records: list[Message], now: float) -> None:
+        rows = self._rows
         for message in records:
             try:
-                insight = _decode_insight(message.value() or b"")
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                for table, row in self.rows_of(message.value() or b""):
+                    rows.setdefault(table, []).append(row)
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
                 self._rejected.append(
-                    (message, Rejection(Reason.MALFORMED_JSON, f"not an insight: {exc}")))
-                continue
-            self._rows.append(insight_row(insight))
-            self._usage_rows.extend(usage_row(u) for u in insight.usage)
+                    (message, Rejection(Reason.MALFORMED_JSON, f"unreadable record: {exc}")))
         if records:
             self._position[partition] = (records[-1].offset() or 0) + 1
 
@@ -100,18 +120,17 @@ class InsightSinkHandler:
         return True
 
     async def settle(self) -> dict[int, int]:
-        if self._rows or self._usage_rows:
+        if self._rows:
             async with self.pool.acquire() as conn, conn.transaction():
-                added = await self._insights.write(conn, self._rows)
-                await self._usage.write(conn, self._usage_rows)
-            log.debug("sink.insights", rows=len(self._rows), added=added)
-            self._rows, self._usage_rows = [], []
+                for table, rows in self._rows.items():
+                    added = await WRITERS[table].write(conn, rows)
+                    log.debug("sink.written", table=table, rows=len(rows), added=added)
+            self._rows = {}
         if self._rejected:
             sent = []
             for message, rejection in self._rejected:
-                headers = deadletter.headers(rejection, config.INSIGHTS_TOPIC,
-                                             message.partition() or 0, message.offset() or 0,
-                                             message.timestamp()[1])
+                headers = deadletter.headers(rejection, self.topic, message.partition() or 0,
+                                             message.offset() or 0, message.timestamp()[1])
                 sent.append(await self.producer.send(config.DEAD_LETTER_TOPIC,
                                                      message.value(), key=message.key(),
                                                      headers=headers))

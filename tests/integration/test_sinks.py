@@ -10,7 +10,7 @@ import asyncpg
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import produce, worker_env
-from tests.support.ai_server import AIServer
+from tests.support.ai_server import AIServer, Reply
 
 
 async def counts(dsn: str) -> tuple[int, int, int]:
@@ -59,3 +59,43 @@ async def test_insights_and_usage_land_once_even_when_replayed(
     assert await asyncio.to_thread(replay.stop) == 0
     assert "fetch.first" in replay.log_text()
     assert await counts(migrated_database) == (batches, insights, usage)
+
+
+async def test_error_records_and_their_usage_land_once(
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    ai_server: AIServer,
+) -> None:
+    ai_server.default = Reply.status(500)
+    env = worker_env(fresh_broker, migrated_database, OPENAI_API_KEY="sk-test",
+                     OPENAI_BASE_URL=ai_server.base_url, AI_MAX_ATTEMPTS="2")
+    worker = workers("errors", env, "batcher,analyst,sink-errors")
+    await asyncio.to_thread(produce, fresh_broker.bootstrap, 100, sources=1, seed=5)
+
+    async def rows() -> tuple[int, int]:
+        conn = await asyncpg.connect(migrated_database)
+        try:
+            return (int(await conn.fetchval("SELECT count(*) FROM error_events")),
+                    int(await conn.fetchval("SELECT count(*) FROM ai_usage")))
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 90
+    while await rows() != (1, 2):
+        assert time.monotonic() < deadline, worker.log_text()[-3000:]
+        await asyncio.sleep(0.5)
+    assert await asyncio.to_thread(worker.stop) == 0
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        error = await conn.fetchrow("SELECT * FROM error_events")
+        batch = await conn.fetchrow("SELECT batch_id, sealed_at, status FROM batches")
+    finally:
+        await conn.close()
+    assert error["type"] == "ai_failed" and error["batch_id"] == batch["batch_id"]
+    assert error["time"] == batch["sealed_at"]
+    assert batch["status"] == "DEAD"
+
+    replay = workers("replay-errors", {**env, "APP_ID": "replay"}, "sink-errors")
+    await asyncio.sleep(12)
+    assert await asyncio.to_thread(replay.stop) == 0
+    assert "fetch.first" in replay.log_text()
+    assert await rows() == (1, 2)

@@ -80,19 +80,22 @@ def topics_apply(
 
 @db_app.command("migrate")
 def db_migrate() -> None:
-    """Apply the numbered SQL migrations in sql/ (idempotent, safe to run concurrently)."""
+    """Apply the numbered SQL migrations in sql/ (idempotent, safe to run concurrently),
+    then the TimescaleDB retention and compression policies from settings."""
     import asyncio
 
     from rich.console import Console
 
     from streams.adapters import db
 
-    applied = asyncio.run(db.migrate(_settings().database_url))
+    s = _settings()
+    changes = asyncio.run(db.migrate_and_apply_policies(
+        s.database_url, s.db_retention_days, s.db_compress_after_days))
     console = Console()
-    if not applied:
+    if not changes:
         console.print("database schema up to date")
-    for label in applied:
-        console.print(f"applied {label}")
+    for line in changes:
+        console.print(line)
 
 
 @app.command()

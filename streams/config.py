@@ -6,10 +6,11 @@ line naming the setting (see ``load``).
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streams.errors import ConfigError
 
@@ -32,6 +33,12 @@ class Settings(BaseSettings):
     # Same names and meaning as Faust's own WEB_PORT / WEB_ENABLED, which it also reads.
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = True
+
+    # TimescaleDB policies, applied by `db migrate` and at worker start: retention in days
+    # per table or aggregate as JSON ({"api_performance": 14}; 0 = keep forever; tables
+    # not named keep their policy), and compression after this many days (0 = none).
+    db_retention_days: dict[str, int] = Field(default_factory=dict)
+    db_compress_after_days: int = Field(7, ge=0)
 
     batch_max_events: int = Field(100, ge=1, le=100_000)
     batch_max_age_seconds: float = Field(600.0, gt=0)
@@ -57,6 +64,11 @@ def load(**overrides: object) -> Settings:
     """Read settings; raise ConfigError with one line naming the first bad setting."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        # Raised before validation, when a structured value (JSON) does not parse.
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = found.group(1).upper() if found else "settings"
+        raise ConfigError(f"invalid setting {name}: the value is not valid JSON") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"

@@ -8,7 +8,7 @@ import faust
 import uvloop
 
 from streams.adapters import logs
-from streams.adapters.db import migrate
+from streams.adapters.db import migrate_and_apply_policies
 from streams.app import create_app, resolve_agents
 from streams.config import Settings
 
@@ -21,9 +21,10 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # Every worker brings the schema up to date first; the runner's advisory lock makes
     # that safe when several start at once.
-    applied = asyncio.run(migrate(settings.database_url))
-    if applied:
-        logs.get_logger(__name__).info("db.migrated", versions=applied)
+    changes = asyncio.run(migrate_and_apply_policies(
+        settings.database_url, settings.db_retention_days, settings.db_compress_after_days))
+    if changes:
+        logs.get_logger(__name__).info("db.migrated", changes=changes)
     app = create_app(settings, chosen)
     worker = faust.Worker(
         app,

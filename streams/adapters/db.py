@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
+from streams.adapters import policies
 from streams.adapters.logs import redact_dsn
 from streams.errors import ConfigError, PermanentError, RetryableError
 
@@ -190,3 +191,18 @@ async def _apply(conn: asyncpg.Connection, migration: Migration) -> None:
         raise
     except asyncpg.PostgresError as exc:
         raise PermanentError(f"{migration.path.name} failed: {exc}") from None
+
+
+async def migrate_and_apply_policies(
+    dsn: str, retention_days: Mapping[str, int], compress_after_days: int
+) -> list[str]:
+    """``migrate``, then the TimescaleDB policies from settings; what changed, as lines."""
+    # Checked before anything is changed, so a bad setting fails on plain PostgreSQL too.
+    policies.check(retention_days, compress_after_days)
+    lines = [f"applied {label}" for label in await migrate(dsn)]
+    async with _connection(dsn) as conn:
+        try:
+            lines += await policies.apply_policies(conn, retention_days, compress_after_days)
+        except QUERY_ERRORS as exc:
+            raise query_error("applying TimescaleDB policies", exc) from exc
+    return lines

@@ -28,6 +28,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 @pytest.mark.parametrize(("args", "env", "expected"), [
     (["worker"], {"BATCH_MAX_EVENTS": "lots"}, "invalid setting BATCH_MAX_EVENTS:"),
     (["worker", "--agents", "nope"], {}, "unknown agent(s) nope"),
+    (["db", "migrate"], {"DB_RETENTION_DAYS": "thirty"}, "invalid setting DB_RETENTION_DAYS:"),
+    (["db", "migrate"], {"DB_RETENTION_DAYS": '{"nope": 3}'}, "retention for 'nope'"),
     (["db", "migrate"], {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"},
      "cannot reach PostgreSQL"),
     (["worker"], {"DATABASE_URL": "postgresql://postgres:hunter2@127.0.0.1:1/none"},

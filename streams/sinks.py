@@ -20,6 +20,7 @@ from confluent_kafka import Message
 
 from streams import config
 from streams.adapters.copy import CopyWriter
+from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.core import deadletter
 from streams.core.models import AIUsage, ErrorRecord, Insight, Reason, Rejection
 
@@ -121,10 +122,13 @@ class SinkHandler:
 
     async def settle(self) -> dict[int, int]:
         if self._rows:
-            async with self.pool.acquire() as conn, conn.transaction():
-                for table, rows in self._rows.items():
-                    added = await WRITERS[table].write(conn, rows)
-                    log.debug("sink.written", table=table, rows=len(rows), added=added)
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    for table, rows in self._rows.items():
+                        added = await WRITERS[table].write(conn, rows)
+                        log.debug("sink.written", table=table, rows=len(rows), added=added)
+            except QUERY_ERRORS as exc:
+                raise query_error(f"sink of {self.topic}", exc) from exc
             self._rows = {}
         if self._rejected:
             sent = []

@@ -55,7 +55,13 @@ def _connection_error(dsn: str, exc: BaseException) -> Exception:
 _CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 #: What a query can raise; ``query_error`` sorts it into retryable and permanent.
-QUERY_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+QUERY_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 # The server went away or is restarting: the same statement can work a moment later.
 _TRANSIENT = (
     OSError,
@@ -63,6 +69,8 @@ _TRANSIENT = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A connection cut in the middle of a statement is left in a state it reports so.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

@@ -186,15 +186,20 @@ class FetchLoop(Service):
     def _on_error(self, error: KafkaError) -> None:
         log.warning("fetch.error", loop=self.name, code=error.name(), error=error.str())
 
+    def _retrying(self) -> AsyncRetrying:
+        """Retry what the database or broker being away made fail, until it is back."""
+        return AsyncRetrying(
+            retry=retry_if_exception_type(RetryableError),
+            # Capped low: once the database is back, work resumes within seconds.
+            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
     async def _settle(self) -> None:
         # While the database or broker is away, consumption pauses here (the lock is
         # held and consume() is not called) instead of buffering without bound.
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(RetryableError),
-            wait=wait_exponential_jitter(initial=0.2, max=30.0),
-            before_sleep=self._log_retry,
-            reraise=True,
-        ):
+        async for attempt in self._retrying():
             with attempt:
                 offsets = await self.handler.settle()
         changed = [
@@ -218,7 +223,7 @@ class FetchLoop(Service):
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        log.warning("fetch.settle_retry", loop=self.name, attempt=state.attempt_number,
+        log.warning("fetch.retry", loop=self.name, attempt=state.attempt_number,
                     error=str(exc))
 
     # -- rebalance: called inside consume() on the poller thread ---------------------
@@ -239,7 +244,9 @@ class FetchLoop(Service):
 
     async def _assigned(self, starts: dict[int, int]) -> None:
         async with self._lock:
-            await self.handler.assigned(starts)
+            async for attempt in self._retrying():
+                with attempt:
+                    await self.handler.assigned(starts)
             self.assigned.update(starts)
             self._committed.update(starts)
             log.info("fetch.assigned", loop=self.name, partitions=sorted(starts))

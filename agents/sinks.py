@@ -10,7 +10,7 @@ from agents.service import AgentService
 from agents.service import install as start_with
 from streams import config
 from streams.adapters.fetch import FetchHandler
-from streams.sinks import Row, SinkHandler, error_rows, insight_rows
+from streams.sinks import Row, SinkHandler, error_rows, insight_rows, performance_rows
 
 
 class SinkService(AgentService):
@@ -39,9 +39,21 @@ class ErrorSink(SinkService):
         return error_rows(value)
 
 
+class PerformanceSink(SinkService):
+    agent = "sink-performance"
+    topic = config.PERFORMANCE_TOPIC
+
+    def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
+        return performance_rows(value)
+
+
 def install_insights(app: faust.App, settings: config.Settings) -> AgentService:
     return start_with(app, InsightSink(settings, loop=app.loop, beacon=app.beacon))
 
 
 def install_errors(app: faust.App, settings: config.Settings) -> AgentService:
     return start_with(app, ErrorSink(settings, loop=app.loop, beacon=app.beacon))
+
+
+def install_performance(app: faust.App, settings: config.Settings) -> AgentService:
+    return start_with(app, PerformanceSink(settings, loop=app.loop, beacon=app.beacon))

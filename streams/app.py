@@ -23,6 +23,7 @@ def known_agents() -> dict[str, AgentFactory]:
         "analyst": analyst.install,
         "sink-insights": sinks.install_insights,
         "sink-errors": sinks.install_errors,
+        "sink-performance": sinks.install_performance,
     }
 
 

@@ -22,13 +22,21 @@ from streams import config
 from streams.adapters.copy import CopyWriter
 from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.core import deadletter
-from streams.core.models import AIUsage, ErrorRecord, Insight, Reason, Rejection
+from streams.core.models import (
+    AIUsage,
+    ErrorRecord,
+    Insight,
+    PerformanceRow,
+    Reason,
+    Rejection,
+)
 
 log = structlog.get_logger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _decode_insight = msgspec.json.Decoder(Insight).decode
 _decode_error = msgspec.json.Decoder(ErrorRecord).decode
+_decode_performance = msgspec.json.Decoder(PerformanceRow).decode
 
 Row = tuple[object, ...]
 #: Turns one message value into (table, row) pairs; raises msgspec errors on bad input.
@@ -44,6 +52,9 @@ WRITERS = {
         "completion_tokens", "cost_usd", "latency_ms", "at", "error")),
     "error_events": CopyWriter("error_events", (
         "time", "source", "type", "message", "event_id", "batch_id")),
+    "api_performance": CopyWriter("api_performance", (
+        "time", "source", "route", "method", "status_code", "duration_ms", "success",
+        "event_id")),
 }
 
 
@@ -77,6 +88,14 @@ def error_rows(value: bytes) -> Iterable[tuple[str, Row]]:
     )
     for usage in error.usage:
         yield "ai_usage", _usage_row(usage)
+
+
+def performance_rows(value: bytes) -> Iterable[tuple[str, Row]]:
+    row = _decode_performance(value)
+    yield "api_performance", (
+        row.time, row.source, row.route, row.method, row.status_code, row.duration_ms,
+        row.success, row.event_id,
+    )
 
 
 class SinkHandler:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
+from confluent_kafka import Producer
 
+from streams.core.models import PerformanceRow
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import produce, worker_env
+from tests.integration.harness import produce, read_topic, worker_env
 from tests.support.ai_server import AIServer, Reply
 
 
@@ -99,3 +103,56 @@ async def test_error_records_and_their_usage_land_once(
     assert await asyncio.to_thread(replay.stop) == 0
     assert "fetch.first" in replay.log_text()
     assert await rows() == (1, 2)
+
+
+async def test_performance_rows_land_once_and_feed_the_aggregates(
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+) -> None:
+    base = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    rows = [PerformanceRow(time=base + timedelta(seconds=n), source=f"svc{n % 3}",
+                           event_id=f"e{n}", duration_ms=float(n % 100), success=n % 10 != 0,
+                           route="/r", method="GET", status_code=500 if n % 10 == 0 else 200)
+            for n in range(3000)]
+    producer = Producer({"bootstrap.servers": fresh_broker.bootstrap, "acks": "all"})
+    for row in [*rows, *rows[:500]]:  # the first 500 twice, as a producer retry would
+        producer.produce("performance", msgspec.json.encode(row), row.source.encode())
+    producer.produce("performance", b"{not a row", b"svc0")
+    producer.flush(30)
+
+    env = worker_env(fresh_broker, migrated_database)
+    worker = workers("perf", env, "sink-performance")
+
+    async def stored() -> int:
+        conn = await asyncpg.connect(migrated_database)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM api_performance"))
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 60
+    while await stored() < len(rows):
+        assert time.monotonic() < deadline, worker.log_text()[-3000:]
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(2)
+    assert await asyncio.to_thread(worker.stop) == 0
+    assert await stored() == len(rows)
+
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        minute = await conn.fetch(
+            "SELECT source, sum(count) AS n, sum(errors) AS errors FROM api_performance_1m "
+            "GROUP BY source ORDER BY source")
+    finally:
+        await conn.close()
+    assert [(r["source"], r["n"], r["errors"]) for r in minute] == [
+        ("svc0", 1000, 100), ("svc1", 1000, 100), ("svc2", 1000, 100)]
+
+    [(_, value, headers)] = await asyncio.to_thread(
+        read_topic, fresh_broker.bootstrap, "dead-letter", idle=2.0)
+    assert value == b"{not a row" and headers["dlq.origin.topic"] == b"performance"
+
+    replay = workers("replay-perf", {**env, "APP_ID": "replay"}, "sink-performance")
+    await asyncio.sleep(12)
+    assert await asyncio.to_thread(replay.stop) == 0
+    assert "fetch.first" in replay.log_text()
+    assert await stored() == len(rows)

@@ -52,7 +52,8 @@ lint: venv ## ruff and mypy
 # The analyst bench first, so that the batcher ratio stays the last line; both always run,
 # and the target fails if either did.
 bench: venv ## throughput and latency benchmarks (embedded broker)
-	$(PY) bench/analyst.py; analyst=$$?; $(PY) bench/run.py && exit $$analyst
+	$(PY) bench/analyst.py; analyst=$$?; $(PY) bench/sink.py; sink=$$?; \
+		$(PY) bench/run.py && exit $$(( analyst || sink ))
 
 demo: venv ## embedded broker + PostgreSQL, a worker and sample traffic
 	$(PY) -m streams.cli demo $(ARGS)

@@ -7,6 +7,7 @@ from typing import Any
 import faust
 import structlog
 
+from agents import web
 from agents.service import AgentService
 from agents.service import install as start_with
 from streams import config
@@ -53,6 +54,11 @@ class AnalystService(AgentService):
             policy=RetryPolicy(s.ai_max_attempts),
         )
         log.info("analyst.ready", analyzer=analyst.name)
+        web.report("ai", lambda: {
+            "analyzer": analyst.name,
+            "breaker": self.breaker.state.value,
+            "consecutive_failures": self.breaker.consecutive_failures,
+        })
         return AnalystHandler(analyst, self.producer, s.ai_max_concurrency), MAX_WAITING
 
     async def on_shutdown(self) -> None:

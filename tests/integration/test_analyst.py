@@ -201,12 +201,16 @@ async def test_breaker_opens_requests_wait_then_one_probe_closes_it(
 
     await wait_for(answered, 90, "no insight", worker)
     scraped = await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}/metrics")
+    health = orjson.loads(await asyncio.to_thread(
+        scrape, f"http://127.0.0.1:{port}/health/detailed", "application/json"))
     assert await asyncio.to_thread(worker.stop) == 0
     # The breaker's state and every call are exposed to Prometheus.
     assert "streamsight_ai_breaker_state 0.0" in scraped
     calls_by = 'streamsight_ai_requests_total{model="gpt-4o-mini",outcome="%s"} %s'
     assert calls_by % ("server_error", "2.0") in scraped
     assert calls_by % ("ok", "1.0") in scraped
+    assert health["components"]["ai"] == {
+        "analyzer": AI_NAME, "breaker": "closed", "consecutive_failures": 0}
     calls = ai_server.chat_requests
     assert len(calls) == 3
     # Open for the whole cooldown: the request waited, it did not burn attempts.
@@ -273,10 +277,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def scrape(url: str) -> str:
+def scrape(url: str, content_type: str = "text/plain") -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
+        assert response.headers["Content-Type"].startswith(content_type)
         return str(response.read().decode())
 
 

@@ -59,7 +59,6 @@ log = structlog.get_logger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _decode_request = msgspec.json.Decoder(AnalysisRequest).decode
-_decode_digest = msgspec.json.Decoder(Digest).decode
 
 # Provider outages count towards opening the breaker; a provider that answers "no"
 # (rate limit, bad request, unusable output) is up, and says so.
@@ -356,9 +355,7 @@ class AnalystHandler:
             request = _decode_request(message.value() or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             rejection = Rejection(Reason.MALFORMED_JSON, f"not an analysis request: {exc}")
-            headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC,
-                                         message.partition() or 0, message.offset() or 0,
-                                         message.timestamp()[1])
+            headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC, message)
             await (await self.producer.send(config.DEAD_LETTER_TOPIC, message.value(),
                                              key=message.key(), headers=headers))
             return

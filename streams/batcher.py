@@ -106,8 +106,7 @@ class BatcherHandler:
         send = self.producer.send
         pending = []
         for record, rejection in rejected:
-            headers = deadletter.headers(rejection, self.topic, record.partition() or 0,
-                                         record.offset() or 0, record.timestamp()[1])
+            headers = deadletter.headers(rejection, self.topic, record)
             pending.append(await send(config.DEAD_LETTER_TOPIC, record.value(),
                                       key=record.key(), headers=headers))
         for request in sealed:

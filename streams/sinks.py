@@ -152,8 +152,7 @@ class SinkHandler:
         if self._rejected:
             sent = []
             for message, rejection in self._rejected:
-                headers = deadletter.headers(rejection, self.topic, message.partition() or 0,
-                                             message.offset() or 0, message.timestamp()[1])
+                headers = deadletter.headers(rejection, self.topic, message)
                 sent.append(await self.producer.send(config.DEAD_LETTER_TOPIC,
                                                      message.value(), key=message.key(),
                                                      headers=headers))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from streams.core.ingest import Record
 from streams.core.models import Rejection
 
 MAX_ERROR_BYTES = 1024
 
 
-def headers(
-    rejection: Rejection, topic: str, partition: int, offset: int, timestamp_ms: int
-) -> list[tuple[str, bytes]]:
-    """Kafka headers for a refused message; its key and value travel unchanged."""
+def headers(rejection: Rejection, topic: str, record: Record) -> list[tuple[str, bytes]]:
+    """Kafka headers for a refused message read from ``topic``; its key and value travel
+    unchanged."""
+    partition, offset, timestamp_ms = record.partition(), record.offset(), record.timestamp()[1]
     out = [
         ("dlq.reason", rejection.reason.value.encode()),
         ("dlq.error", rejection.message.encode()[:MAX_ERROR_BYTES]),

@@ -1,33 +1,92 @@
 """Prometheus metrics of the worker (prometheus-client), served at ``/metrics``.
 
-Names carry their unit, counters end in ``_total``, labels stay low-cardinality (model,
-outcome, severity: never ids).
+Names carry their unit, counters end in ``_total``, labels stay low-cardinality (topic,
+reason, model, outcome, table, consumer group, partition: never ids, keys or routes).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
+
+# -- batcher ----------------------------------------------------------------------------
+
+EVENTS_CONSUMED = Counter(
+    "streamsight_events_consumed_total", "Messages read from the events topic, valid or not.",
+    ["topic"], registry=REGISTRY)
+EVENTS_INVALID = Counter(
+    "streamsight_events_invalid_total", "Events refused (sent to dead-letter), by reason.",
+    ["reason"], registry=REGISTRY)
+EVENT_ERRORS = Counter(
+    "streamsight_event_errors_total",
+    "Valid events that report an error (severity error/critical, HTTP 5xx, an error "
+    "section): the numerator of the error rate.", registry=REGISTRY)
+OPERATION_DURATION = Histogram(
+    "streamsight_operation_duration_seconds",
+    "Durations the events report (http.duration_ms), for latency percentiles.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=REGISTRY)
+BATCHES_SEALED = Counter(
+    "streamsight_batches_sealed_total", "Batches sealed, by reason (count, age, shutdown, "
+    "manual).", ["reason"], registry=REGISTRY)
+BATCH_SIZE = Histogram(
+    "streamsight_batch_size_events", "Events per sealed batch.",
+    buckets=(1, 5, 10, 25, 50, 75, 100, 250, 1000), registry=REGISTRY)
+BATCH_AGE = Histogram(
+    "streamsight_batch_age_seconds", "Time from a batch's opening to its seal.",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800), registry=REGISTRY)
+OPEN_BATCHES = Gauge(
+    "streamsight_open_batches", "Batches open in this worker.", registry=REGISTRY)
+DEAD_LETTERS = Counter(
+    "streamsight_dead_letter_messages_total", "Messages sent to dead-letter, by reason.",
+    ["reason"], registry=REGISTRY)
+
+# -- analyst ----------------------------------------------------------------------------
 
 AI_REQUESTS = Counter(
     "streamsight_ai_requests_total", "Calls to the AI provider, by model and outcome.",
     ["model", "outcome"], registry=REGISTRY)
 AI_TOKENS = Counter(
-    "streamsight_ai_tokens_total", "Tokens billed by the AI provider.",
-    ["model", "kind"], registry=REGISTRY)
+    "streamsight_ai_tokens_total", "Tokens billed by the AI provider (kind: prompt, "
+    "completion).", ["model", "kind"], registry=REGISTRY)
 AI_COST = Counter(
     "streamsight_ai_cost_usd_total", "What the AI calls cost, in US dollars.",
     ["model"], registry=REGISTRY)
+AI_REQUEST_DURATION = Histogram(
+    "streamsight_ai_request_duration_seconds", "Duration of calls to the AI provider.",
+    ["model"], buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120), registry=REGISTRY)
+AI_RATELIMIT_WAIT = Histogram(
+    "streamsight_ai_ratelimit_wait_seconds",
+    "Time a request waited for the deployment-wide rate limit before its call.",
+    buckets=(0, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600), registry=REGISTRY)
 AI_BREAKER_STATE = Gauge(
     "streamsight_ai_breaker_state",
     "Circuit breaker of the AI provider: 0 closed, 1 half-open, 2 open.", registry=REGISTRY)
 AI_DAILY_BUDGET_SPENT = Gauge(
     "streamsight_ai_daily_budget_spent",
     "1 while AI_BUDGET_USD_PER_DAY is spent and requests wait, else 0.", registry=REGISTRY)
+AI_DAILY_BUDGET = Gauge(
+    "streamsight_ai_daily_budget_usd", "AI_BUDGET_USD_PER_DAY (0: no limit).",
+    registry=REGISTRY)
 INSIGHTS = Counter(
     "streamsight_insights_total", "Insights published, by analyzer and severity.",
     ["analyzer", "severity"], registry=REGISTRY)
+
+# -- sinks ------------------------------------------------------------------------------
+
+SINK_ROWS = Counter(
+    "streamsight_sink_rows_total", "Rows written to TimescaleDB (new rows, not duplicates), "
+    "by table.", ["table"], registry=REGISTRY)
+SINK_WRITE_DURATION = Histogram(
+    "streamsight_sink_write_duration_seconds",
+    "Duration of one sink write (one transaction per fetch), by topic.", ["topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
+
+# -- consumers --------------------------------------------------------------------------
+
+PARTITIONS_ASSIGNED = Gauge(
+    "streamsight_partitions_assigned", "Partitions this worker holds, by consumer group.",
+    ["group"], registry=REGISTRY)
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 

@@ -1,9 +1,10 @@
 """Sink benchmark: performance rows from Kafka into api_performance, against raw COPY.
 
-300,000 ``PerformanceRow`` messages on ``performance`` (4 partitions, embedded Tansu);
-``streamsight worker --agents sink-performance`` writes them (decode, COPY into staging,
-INSERT ... ON CONFLICT DO NOTHING, commit after the write): rows/s from its first fetch
-until the table holds them all. In the same run, the limit: asyncpg
+300,000 ``PerformanceRow`` rows on ``performance`` (4 partitions, embedded Tansu), in
+messages of up to 1000 rows per source as the batcher sends them;
+``streamsight worker --agents sink-performance`` writes them (decode, COPY, staging and
+INSERT ... ON CONFLICT DO NOTHING only on conflict, commit after the write): rows/s from
+its first fetch until the table holds them all. In the same run, the limit: asyncpg
 ``copy_records_to_table`` of the same rows into an identical table. Prints both and the
 ratio, writes bench/results/sink-<UTC stamp>.json; the last line is
 ``sink/raw-copy = <ratio>``.
@@ -31,6 +32,7 @@ from confluent_kafka import Producer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.core.models import PerformanceRow
+from streams.core.rows import chunks
 from streams.embedded import (
     create_database,
     drop_database,
@@ -127,9 +129,14 @@ def main() -> None:
         producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20,
                              "compression.type": "lz4"})
         encode = msgspec.json.Encoder().encode
+        # As the batcher sends them: a message per source and fetch, up to 1000 rows each.
+        by_source: dict[str, list[PerformanceRow]] = {}
         for row in rows:
-            producer.produce("performance", encode(row), row.source.encode())
-            producer.poll(0)
+            by_source.setdefault(row.source, []).append(row)
+        for source, source_rows in by_source.items():
+            for chunk in chunks(source_rows):
+                producer.produce("performance", encode(chunk), source.encode())
+                producer.poll(0)
         producer.flush(60)
         raw = asyncio.run(raw_copy(dsn, rows))
         sink = run_sink(env, dsn, args.rows)

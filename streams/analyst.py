@@ -304,7 +304,7 @@ class Analyst:
         sent = [
             await self.producer.send(config.DEAD_LETTER_TOPIC, _encode(request),
                                      key=request.key.encode(), headers=headers),
-            await self.producer.send(config.ERRORS_TOPIC, _encode(record),
+            await self.producer.send(config.ERRORS_TOPIC, _encode([record]),
                                      key=request.key.encode()),
         ]
         await asyncio.gather(*sent)

@@ -2,14 +2,15 @@
 
 ``BatcherHandler`` is the plain handler a FetchLoop drives over ``events``. Per fetch it
 validates and batches in memory; ``settle`` then records the sealed batches in
-PostgreSQL (the seal decision), publishes them to ``analysis-requests`` and refused
-messages to ``dead-letter`` with acks=all, and only then names the offsets to commit.
+PostgreSQL (the seal decision), publishes them to ``analysis-requests``, refused
+messages to ``dead-letter`` and the rows for Grafana to ``performance`` and ``errors``
+with acks=all, and only then names the offsets to commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import msgspec
 import structlog
@@ -18,11 +19,13 @@ from aiokafka.errors import KafkaError
 from confluent_kafka import Message
 
 from streams import config
+from streams.adapters import metrics
 from streams.adapters.batch_store import BatchStore
 from streams.core import deadletter
 from streams.core.batching import Batcher
-from streams.core.ingest import Record, ingest
-from streams.core.models import AnalysisRequest, Rejection, SealReason
+from streams.core.ingest import Output, ingest
+from streams.core.models import SealReason
+from streams.core.rows import chunks, error_record, performance_row
 from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
@@ -46,9 +49,9 @@ class BatcherHandler:
         self.store = store
         self.producer = producer
         self.max_event_bytes = max_event_bytes
-        self._sealed: list[AnalysisRequest] = []
-        self._rejected: list[tuple[Record, Rejection]] = []
+        self._out = Output()
         self._duplicates_logged = 0
+        self._consumed = metrics.EVENTS_CONSUMED.labels(topic)
 
     async def assigned(self, starts: dict[int, int]) -> None:
         for partition, start in starts.items():
@@ -63,36 +66,31 @@ class BatcherHandler:
             self.batcher.revoke(partition)
 
     def records(self, partition: int, records: list[Message], now: float) -> None:
-        ingest(self.batcher, partition, records, now, self.max_event_bytes,
-               self._sealed, self._rejected)
+        ingest(self.batcher, partition, records, now, self.max_event_bytes, self._out)
+        self._consumed.inc(len(records))
 
     def wants_more(self) -> bool:
         # Everything a fetch produces is settled before the next one: never full.
         return True
 
     def tick(self, now: float) -> None:
-        self.batcher.due(now, self._sealed)
+        self.batcher.due(now, self._out.sealed)
 
     def drain(self, now: float) -> None:
-        self.batcher.drain(SealReason.SHUTDOWN, now, self._sealed)
+        self.batcher.drain(SealReason.SHUTDOWN, now, self._out.sealed)
 
     async def settle(self) -> dict[int, int]:
-        sealed, rejected = self._sealed, self._rejected
-        if sealed or rejected:
+        out = self._out
+        if out.sealed or out.rejected or out.timed or out.errors:
             # The row is the seal decision: write it before anyone can see the batch.
-            await self.store.record(sealed)
+            await self.store.record(out.sealed)
             try:
-                await self._publish(sealed, rejected)
+                await self._publish(out)
             except KafkaError as exc:
                 raise RetryableError(f"publishing to Kafka failed: {exc}") from exc
-            for request in sealed:
-                log.debug("batch.sealed", batch_id=request.batch_id, key=request.key,
-                          events=request.event_count, reason=request.seal_reason.value)
-            for record, rejection in rejected:
-                log.info("event.dead_lettered", partition=record.partition(),
-                         offset=record.offset(), reason=rejection.reason.value,
-                         field=rejection.field)
-            self._sealed, self._rejected = [], []
+            self._out = Output()
+            _account(out)
+        metrics.OPEN_BATCHES.set(self.batcher.open_batches())
         if self.batcher.duplicates != self._duplicates_logged:
             log.info("batcher.duplicates_dropped",
                      count=self.batcher.duplicates - self._duplicates_logged,
@@ -100,16 +98,52 @@ class BatcherHandler:
             self._duplicates_logged = self.batcher.duplicates
         return {p: self.batcher.commit_offset(p) for p in self.batcher.partitions}
 
-    async def _publish(
-        self, sealed: list[AnalysisRequest], rejected: list[tuple[Record, Rejection]]
-    ) -> None:
+    async def _publish(self, out: Output) -> None:
         send = self.producer.send
         pending = []
-        for record, rejection in rejected:
+        for record, rejection in out.rejected:
             headers = deadletter.headers(rejection, self.topic, record)
             pending.append(await send(config.DEAD_LETTER_TOPIC, record.value(),
                                       key=record.key(), headers=headers))
-        for request in sealed:
+        for request in out.sealed:
             pending.append(await send(config.ANALYSIS_REQUESTS_TOPIC, _encode(request),
                                       key=request.key.encode()))
+        performance = ((e.source, performance_row(e)) for e in out.timed)
+        errors = ((e.source, error_record(e, batch_id)) for e, batch_id in out.errors)
+        for topic, rows in ((config.PERFORMANCE_TOPIC, performance),
+                            (config.ERRORS_TOPIC, errors)):
+            for key, value in _messages(rows):
+                pending.append(await send(topic, value, key=key))
         await asyncio.gather(*pending)
+
+
+def _messages(rows: Iterable[tuple[str, msgspec.Struct]]) -> Iterator[tuple[bytes, bytes]]:
+    """Rows as (key, value) messages: per source, in chunks; the value is a JSON array."""
+    by_source: dict[str, list[msgspec.Struct]] = {}
+    for source, row in rows:
+        by_source.setdefault(source, []).append(row)
+    for source, source_rows in by_source.items():
+        key = source.encode()
+        for chunk in chunks(source_rows):
+            yield key, _encode(chunk)
+
+
+def _account(out: Output) -> None:
+    """Metrics and logs of what a settle published."""
+    for request in out.sealed:
+        reason = request.seal_reason.value
+        metrics.BATCHES_SEALED.labels(reason).inc()
+        metrics.BATCH_SIZE.observe(request.event_count)
+        metrics.BATCH_AGE.observe((request.sealed_at - request.opened_at).total_seconds())
+        log.debug("batch.sealed", batch_id=request.batch_id, key=request.key,
+                  events=request.event_count, reason=reason)
+    for record, rejection in out.rejected:
+        reason = rejection.reason.value
+        metrics.EVENTS_INVALID.labels(reason).inc()
+        metrics.DEAD_LETTERS.labels(reason).inc()
+        log.info("event.dead_lettered", partition=record.partition(), offset=record.offset(),
+                 reason=reason, field=rejection.field)
+    metrics.EVENT_ERRORS.inc(len(out.errors))
+    observe: Callable[[float], None] = metrics.OPERATION_DURATION.observe
+    for event in out.timed:
+        observe(event.http.duration_ms / 1000)  # type: ignore[union-attr, operator]

@@ -35,8 +35,9 @@ log = structlog.get_logger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _decode_insight = msgspec.json.Decoder(Insight).decode
-_decode_error = msgspec.json.Decoder(ErrorRecord).decode
-_decode_performance = msgspec.json.Decoder(PerformanceRow).decode
+# ``errors`` and ``performance`` carry rows in JSON arrays: many rows per message.
+_decode_errors = msgspec.json.Decoder(list[ErrorRecord]).decode
+_decode_performance = msgspec.json.Decoder(list[PerformanceRow]).decode
 
 Row = tuple[object, ...]
 #: Turns one message value into (table, row) pairs; raises msgspec errors on bad input.
@@ -81,21 +82,21 @@ def insight_rows(value: bytes) -> Iterable[tuple[str, Row]]:
 
 
 def error_rows(value: bytes) -> Iterable[tuple[str, Row]]:
-    error = _decode_error(value)
-    yield "error_events", (
-        error.time, error.source, error.type, error.message, error.event_id,
-        UUID(error.batch_id) if error.batch_id else None,
-    )
-    for usage in error.usage:
-        yield "ai_usage", _usage_row(usage)
+    for error in _decode_errors(value):
+        yield "error_events", (
+            error.time, error.source, error.type, error.message, error.event_id,
+            UUID(error.batch_id) if error.batch_id else None,
+        )
+        for usage in error.usage:
+            yield "ai_usage", _usage_row(usage)
 
 
 def performance_rows(value: bytes) -> Iterable[tuple[str, Row]]:
-    row = _decode_performance(value)
-    yield "api_performance", (
-        row.time, row.source, row.route, row.method, row.status_code, row.duration_ms,
-        row.success, row.event_id,
-    )
+    for row in _decode_performance(value):
+        yield "api_performance", (
+            row.time, row.source, row.route, row.method, row.status_code, row.duration_ms,
+            row.success, row.event_id,
+        )
 
 
 class SinkHandler:

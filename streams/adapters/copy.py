@@ -1,7 +1,12 @@
-"""Idempotent bulk writes: COPY into a temporary table, then INSERT ... ON CONFLICT.
+"""Idempotent bulk writes: COPY straight in, or through a staging table on conflict.
 
-COPY is PostgreSQL's fastest way in, but it cannot skip rows that exist; the staging
-table lets one statement drop the duplicates a replay or a retry brings back.
+COPY is PostgreSQL's fastest way in, but it cannot skip rows that exist. Most writes
+bring only new rows, so a writer first COPYs into the table itself (inside a savepoint);
+when that hits a unique key a replay or a retry brought back, it rolls the savepoint back
+and COPYs into a temporary staging table instead, from which one
+``INSERT ... ON CONFLICT DO NOTHING`` drops the duplicates. While writes keep
+conflicting (a replay in progress) it goes through staging directly, and returns to the
+direct path after a staged write found nothing to drop.
 """
 
 from __future__ import annotations
@@ -29,15 +34,29 @@ class CopyWriter:
             f"INSERT INTO {table} ({names}) SELECT {names} FROM {self._staging} "
             "ON CONFLICT DO NOTHING"
         )
+        self._conflicting = False
 
     async def write(self, conn: asyncpg.Connection, rows: Sequence[tuple[object, ...]]) -> int:
         """Write ``rows`` inside the caller's transaction; the number of new rows."""
         if not rows:
             return 0
         try:
-            await conn.execute(self._create)
-            await conn.copy_records_to_table(self._staging, records=rows, columns=self.columns)
-            status = await conn.execute(self._insert)
+            if not self._conflicting:
+                try:
+                    async with conn.transaction():
+                        await conn.copy_records_to_table(self.table, records=rows,
+                                                         columns=self.columns)
+                    return len(rows)
+                except asyncpg.UniqueViolationError:
+                    self._conflicting = True
+            added = await self._merge(conn, rows)
         except QUERY_ERRORS as exc:
             raise query_error(f"writing {self.table}", exc) from exc
+        self._conflicting = added < len(rows)
+        return added
+
+    async def _merge(self, conn: asyncpg.Connection, rows: Sequence[tuple[object, ...]]) -> int:
+        await conn.execute(self._create)
+        await conn.copy_records_to_table(self._staging, records=rows, columns=self.columns)
+        status = await conn.execute(self._insert)
         return int(status.rsplit(" ", 1)[-1])

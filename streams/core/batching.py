@@ -40,6 +40,7 @@ class _OpenBatch:
     key: str
     first_offset: int
     opened_at: float
+    batch_id: str
     events: list[Event] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     last_offset: int = -1
@@ -106,21 +107,23 @@ class Batcher:
     def add(
         self, partition: int, offset: int, key: str, event: Event, now: float,
         sealed: list[AnalysisRequest],
-    ) -> None:
+    ) -> str | None:
         """Add one valid event read at ``offset``; a batch it completes goes to ``sealed``.
 
+        Returns the id of the batch the event is in, or None when it was left out: a
+        duplicate within its batch, or already in a batch sealed before the re-read start.
         The caller reports how far it has read with ``advance`` once per fetch."""
         open_batches = self._open[partition]
         batch = open_batches.get(key)
         if batch is None or batch.replaying is not None:
             batch = self._batch_for(partition, open_batches, batch, key, offset, now, sealed)
             if batch is None:
-                return
+                return None
         ids = batch.ids
         event_id = event.event_id
         if event_id in ids:
             self.duplicates += 1
-            return
+            return None
         ids.add(event_id)
         events = batch.events
         events.append(event)
@@ -134,6 +137,7 @@ class Batcher:
         elif len(events) >= self.max_events:
             del open_batches[key]
             sealed.append(self._seal(partition, batch, SealReason.COUNT, now))
+        return batch.batch_id
 
     def advance(self, partition: int, position: int) -> None:
         """Everything before ``position`` has been read (batched or dead-lettered)."""
@@ -160,18 +164,17 @@ class Batcher:
     def _open_batch(self, partition: int, key: str, offset: int, now: float) -> _OpenBatch | None:
         """A new batch starting at ``offset``, or None when that event is already in a
         batch sealed before the re-read start (it was published; skip it)."""
-        recorded = self._recorded[partition].get(key)
+        recorded = self._recorded[partition].get(key, [])
         while recorded and recorded[0].last_offset < offset:
             recorded.pop(0)
-        if not recorded:
-            return _OpenBatch(key, offset, now)
-        head = recorded[0]
-        if head.first_offset < self._start[partition]:
+        head = recorded[0] if recorded else None
+        if head is not None and head.first_offset < self._start[partition]:
             return None
-        if head.first_offset == offset:
+        batch_id = batch_id_for(self.topic, partition, offset, key)
+        if head is not None and head.first_offset == offset:
             recorded.pop(0)
-            return _OpenBatch(key, offset, head.opened_at.timestamp(), replaying=head)
-        return _OpenBatch(key, offset, now)
+            return _OpenBatch(key, offset, head.opened_at.timestamp(), batch_id, replaying=head)
+        return _OpenBatch(key, offset, now, batch_id)
 
     # -- time and shutdown --------------------------------------------------------
 
@@ -213,7 +216,7 @@ class Batcher:
         events = batch.events
         stamps = [e.timestamp for e in events]
         return AnalysisRequest(
-            batch_id=batch_id_for(self.topic, partition, batch.first_offset, batch.key),
+            batch_id=batch.batch_id,
             key=batch.key,
             topic=self.topic,
             partition=partition,

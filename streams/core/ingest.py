@@ -7,11 +7,13 @@ task, queue, lock or await.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from streams.core.batching import Batcher
-from streams.core.models import AnalysisRequest, Rejection
+from streams.core.models import AnalysisRequest, Event, Rejection
+from streams.core.rows import is_error
 from streams.core.schema import parse
 
 
@@ -33,18 +35,30 @@ class Record(Protocol):
     def timestamp(self) -> tuple[int, int]: ...
 
 
+@dataclass(slots=True)
+class Output:
+    """What ingesting fetches leaves to publish before their offsets can be committed."""
+
+    sealed: list[AnalysisRequest] = field(default_factory=list)
+    rejected: list[tuple[Record, Rejection]] = field(default_factory=list)
+    #: Events with a duration: one performance row each.
+    timed: list[Event] = field(default_factory=list)
+    #: Error events with the id of their batch: one error record each.
+    errors: list[tuple[Event, str]] = field(default_factory=list)
+
+
 def ingest(
     batcher: Batcher,
     partition: int,
     records: Sequence[Record],
     now: float,
     max_bytes: int,
-    sealed: list[AnalysisRequest],
-    rejected: list[tuple[Record, Rejection]],
+    out: Output,
 ) -> None:
-    """Validate and batch ``records``; sealed batches and refusals go to the lists."""
+    """Validate and batch ``records``; what they give goes to ``out``."""
     now_dt = datetime.fromtimestamp(now, UTC)
     add = batcher.add
+    sealed, rejected, timed, errors = out.sealed, out.rejected, out.timed, out.errors
     # Keys repeat (a few sources, many events): decode each distinct one once.
     keys: dict[bytes, str] = {}
     for record in records:
@@ -58,6 +72,13 @@ def ingest(
         name = keys.get(key)
         if name is None:
             name = keys[key] = key.decode("utf-8", "replace")
-        add(partition, offset, name, result, now, sealed)
+        batch_id = add(partition, offset, name, result, now, sealed)
+        if batch_id is None:
+            continue
+        http = result.http
+        if http is not None and http.duration_ms is not None:
+            timed.append(result)
+        if is_error(result):
+            errors.append((result, batch_id))
     if records:
         batcher.advance(partition, records[-1].offset() + 1)  # type: ignore[operator]

@@ -10,7 +10,9 @@ import asyncpg
 import msgspec
 from confluent_kafka import Producer
 
-from streams.core.models import PerformanceRow
+from streams.core.models import Event, PerformanceRow
+from streams.core.rows import is_error
+from streams.core.schema import parse
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import produce, read_topic, worker_env
@@ -29,6 +31,14 @@ async def counts(dsn: str) -> tuple[int, int, int]:
         await conn.close()
 
 
+async def batched_events(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM batches"))
+    finally:
+        await conn.close()
+
+
 async def test_insights_and_usage_land_once_even_when_replayed(
     fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
@@ -37,11 +47,14 @@ async def test_insights_and_usage_land_once_even_when_replayed(
                      OPENAI_API_KEY="sk-test", OPENAI_BASE_URL=ai_server.base_url,
                      AI_REQUESTS_PER_MINUTE="6000")
     worker = workers("sink", env, "batcher,analyst,sink-insights")
-    await asyncio.to_thread(produce, fresh_broker.bootstrap, 600, sources=4, seed=12)
+    traffic = await asyncio.to_thread(produce, fresh_broker.bootstrap, 600, sources=4,
+                                      seed=12)
     deadline = time.monotonic() + 90
     while True:
         batches, insights, usage = await counts(migrated_database)
-        if batches and insights == batches and usage == batches:
+        # Every event sealed (by age) and analysed: stopping now seals nothing more.
+        if (insights == batches == usage
+                and await batched_events(migrated_database) == len(traffic.valid)):
             break
         assert time.monotonic() < deadline, worker.log_text()[-3000:]
         await asyncio.sleep(0.5)
@@ -76,9 +89,12 @@ async def test_error_records_and_their_usage_land_once(
     await asyncio.to_thread(produce, fresh_broker.bootstrap, 100, sources=1, seed=5)
 
     async def rows() -> tuple[int, int]:
+        """Error rows of our own (the failed analysis) and usage rows; the traffic's own
+        error events have rows too, which the batcher test counts."""
         conn = await asyncpg.connect(migrated_database)
         try:
-            return (int(await conn.fetchval("SELECT count(*) FROM error_events")),
+            return (int(await conn.fetchval(
+                        "SELECT count(*) FROM error_events WHERE event_id IS NULL")),
                     int(await conn.fetchval("SELECT count(*) FROM ai_usage")))
         finally:
             await conn.close()
@@ -90,7 +106,7 @@ async def test_error_records_and_their_usage_land_once(
     assert await asyncio.to_thread(worker.stop) == 0
     conn = await asyncpg.connect(migrated_database)
     try:
-        error = await conn.fetchrow("SELECT * FROM error_events")
+        error = await conn.fetchrow("SELECT * FROM error_events WHERE event_id IS NULL")
         batch = await conn.fetchrow("SELECT batch_id, sealed_at, status FROM batches")
     finally:
         await conn.close()
@@ -114,8 +130,9 @@ async def test_performance_rows_land_once_and_feed_the_aggregates(
                            route="/r", method="GET", status_code=500 if n % 10 == 0 else 200)
             for n in range(3000)]
     producer = Producer({"bootstrap.servers": fresh_broker.bootstrap, "acks": "all"})
-    for row in [*rows, *rows[:500]]:  # the first 500 twice, as a producer retry would
-        producer.produce("performance", msgspec.json.encode(row), row.source.encode())
+    chunks = [rows[i:i + 100] for i in range(0, len(rows), 100)]
+    for chunk in [*chunks, *chunks[:5]]:  # the first 500 twice, as a producer retry would
+        producer.produce("performance", msgspec.json.encode(chunk), b"svc")
     producer.produce("performance", b"{not a row", b"svc0")
     producer.flush(30)
 
@@ -156,3 +173,64 @@ async def test_performance_rows_land_once_and_feed_the_aggregates(
     assert await asyncio.to_thread(replay.stop) == 0
     assert "fetch.first" in replay.log_text()
     assert await stored() == len(rows)
+
+
+async def test_batcher_rows_reach_grafana_tables_once_across_a_crash(
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+) -> None:
+    """Every timed event becomes one api_performance row and every error event one
+    error_events row naming its batch, though the worker is killed mid-stream."""
+    env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="3")
+    agents = "batcher,sink-performance,sink-errors"
+
+    async def stored() -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+        conn = await asyncpg.connect(migrated_database)
+        try:
+            return (await conn.fetch("SELECT event_id, success FROM api_performance"),
+                    await conn.fetch(
+                        "SELECT e.event_id, b.partition, b.first_offset, b.last_offset "
+                        "FROM error_events e JOIN batches b USING (batch_id)"))
+        finally:
+            await conn.close()
+
+    worker = workers("rows", env, agents)
+    traffic = await asyncio.to_thread(produce, fresh_broker.bootstrap, 3000, sources=6,
+                                      seed=21, rate=1500, invalid_every=50)
+    deadline = time.monotonic() + 60
+    while not (await stored())[0]:  # killed once rows are flowing, not before it started
+        assert time.monotonic() < deadline, worker.log_text()[-3000:]
+        await asyncio.sleep(0.2)
+    worker.kill()
+    await asyncio.to_thread(produce, fresh_broker.bootstrap, 1000, sources=6, seed=22,
+                            traffic=traffic)
+    worker = workers("rows-again", env, agents)
+
+    events: dict[str, Event] = {}
+    for key, value, headers in await asyncio.to_thread(
+            read_topic, fresh_broker.bootstrap, "events", idle=2.0):
+        parsed = parse(key, value, list(headers.items()), now=datetime.now(UTC),
+                       max_bytes=65536)
+        if isinstance(parsed, Event):
+            events[parsed.event_id] = parsed
+    timed = {i for i, e in events.items() if e.http is not None and e.http.duration_ms is not None}
+    failed = {i for i, e in events.items() if is_error(e)}
+    assert timed and failed and events.keys() == traffic.valid.keys()
+
+    deadline = time.monotonic() + 90
+    while True:
+        performance, errors = await stored()
+        if len(performance) >= len(timed) and len(errors) >= len(failed):
+            break
+        assert time.monotonic() < deadline, worker.log_text()[-3000:]
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(3)  # anything extra would show up now
+    assert await asyncio.to_thread(worker.stop) == 0
+    performance, errors = await stored()
+
+    assert sorted(r["event_id"] for r in performance) == sorted(timed)
+    assert {r["event_id"] for r in performance if not r["success"]} == timed & failed
+    assert sorted(r["event_id"] for r in errors) == sorted(failed)
+    for row in errors:
+        partition, offset = traffic.valid[row["event_id"]]
+        assert row["partition"] == partition
+        assert row["first_offset"] <= offset <= row["last_offset"]

@@ -40,6 +40,8 @@ test-integration: venv services ## integration tests only
 
 test-rules: ## promtool tests of the Prometheus alert rules (when there are any)
 ifneq ($(strip $(PROMTOOL_TESTS)),)
+	promtool check config prometheus/prometheus.yml
+	promtool check rules prometheus/alerts.yml
 	promtool test rules $(PROMTOOL_TESTS)
 else
 	@echo "no promtool rule tests yet"

@@ -10,7 +10,7 @@ with acks=all, and only then names the offsets to commit.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 
 import msgspec
 import structlog
@@ -25,7 +25,7 @@ from streams.core import deadletter
 from streams.core.batching import Batcher
 from streams.core.ingest import Output, ingest
 from streams.core.models import SealReason
-from streams.core.rows import chunks, error_record, performance_row
+from streams.core.rows import chunks, error_record
 from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
@@ -81,7 +81,7 @@ class BatcherHandler:
 
     async def settle(self) -> dict[int, int]:
         out = self._out
-        if out.sealed or out.rejected or out.timed or out.errors:
+        if out.sealed or out.rejected or out.performance or out.errors:
             # The row is the seal decision: write it before anyone can see the batch.
             await self.store.record(out.sealed)
             try:
@@ -108,24 +108,14 @@ class BatcherHandler:
         for request in out.sealed:
             pending.append(await send(config.ANALYSIS_REQUESTS_TOPIC, _encode(request),
                                       key=request.key.encode()))
-        performance = ((e.source, performance_row(e)) for e in out.timed)
-        errors = ((e.source, error_record(e, batch_id)) for e, batch_id in out.errors)
-        for topic, rows in ((config.PERFORMANCE_TOPIC, performance),
+        # Rows need no key (each names its source) and no order: unkeyed messages
+        # spread over the partitions, and the sinks write them in any order.
+        errors = [error_record(event, batch_id) for event, batch_id in out.errors]
+        for topic, rows in ((config.PERFORMANCE_TOPIC, out.performance),
                             (config.ERRORS_TOPIC, errors)):
-            for key, value in _messages(rows):
-                pending.append(await send(topic, value, key=key))
+            for chunk in chunks(rows):
+                pending.append(await send(topic, _encode(chunk)))
         await asyncio.gather(*pending)
-
-
-def _messages(rows: Iterable[tuple[str, msgspec.Struct]]) -> Iterator[tuple[bytes, bytes]]:
-    """Rows as (key, value) messages: per source, in chunks; the value is a JSON array."""
-    by_source: dict[str, list[msgspec.Struct]] = {}
-    for source, row in rows:
-        by_source.setdefault(source, []).append(row)
-    for source, source_rows in by_source.items():
-        key = source.encode()
-        for chunk in chunks(source_rows):
-            yield key, _encode(chunk)
 
 
 def _account(out: Output) -> None:
@@ -144,6 +134,4 @@ def _account(out: Output) -> None:
         log.info("event.dead_lettered", partition=record.partition(), offset=record.offset(),
                  reason=reason, field=rejection.field)
     metrics.EVENT_ERRORS.inc(len(out.errors))
-    observe: Callable[[float], None] = metrics.OPERATION_DURATION.observe
-    for event in out.timed:
-        observe(event.http.duration_ms / 1000)  # type: ignore[union-attr, operator]
+    metrics.OPERATION_DURATION.observe_many([row.duration_ms / 1000 for row in out.performance])

@@ -17,6 +17,7 @@ import msgspec
 import structlog
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Message
+from msgspec.structs import astuple
 
 from streams import config
 from streams.adapters.copy import CopyWriter
@@ -92,11 +93,9 @@ def error_rows(value: bytes) -> Iterable[tuple[str, Row]]:
 
 
 def performance_rows(value: bytes) -> Iterable[tuple[str, Row]]:
+    # The struct's fields are the table's columns, in order.
     for row in _decode_performance(value):
-        yield "api_performance", (
-            row.time, row.source, row.route, row.method, row.status_code, row.duration_ms,
-            row.success, row.event_id,
-        )
+        yield "api_performance", astuple(row)
 
 
 class SinkHandler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import faust
 import uvloop
@@ -35,4 +36,9 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     )
     # Faust's start-up spinner writes terminal escapes that would corrupt JSON log lines.
     worker.spinner = None
+    # Each fetch allocates objects by the hundred thousand, most of which live until
+    # their batch seals: with the default thresholds the collector would run every 700
+    # allocations and keep rescanning them (6% of the batcher's time under py-spy).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     worker.execute_from_commandline()

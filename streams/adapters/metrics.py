@@ -6,9 +6,60 @@ reason, model, outcome, table, consumer group, partition: never ids, keys or rou
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry()
+
+
+class BulkHistogram(Collector):
+    """A histogram fed a whole fetch's values at once.
+
+    prometheus-client's ``Histogram.observe`` takes a lock and walks the buckets per value,
+    which at event volume costs more than validating the event; this sorts the values and
+    counts each bucket with one bisection. Exposed like any histogram.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = sorted(buckets)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        ordered = sorted(values)
+        with self._lock:
+            below = 0
+            for i, bound in enumerate(self._bounds):
+                upto = bisect_right(ordered, bound)  # Prometheus buckets hold values <= le
+                self._counts[i] += upto - below
+                below = upto
+            self._counts[-1] += len(ordered) - below
+            self._sum += sum(ordered)
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, count in zip([*map(float, self._bounds), float("inf")], counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], buckets, total)
+        yield family
+
 
 # -- batcher ----------------------------------------------------------------------------
 
@@ -22,7 +73,7 @@ EVENT_ERRORS = Counter(
     "streamsight_event_errors_total",
     "Valid events that report an error (severity error/critical, HTTP 5xx, an error "
     "section): the numerator of the error rate.", registry=REGISTRY)
-OPERATION_DURATION = Histogram(
+OPERATION_DURATION = BulkHistogram(
     "streamsight_operation_duration_seconds",
     "Durations the events report (http.duration_ms), for latency percentiles.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=REGISTRY)

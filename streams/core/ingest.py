@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from streams.core.batching import Batcher
-from streams.core.models import AnalysisRequest, Event, Rejection
-from streams.core.rows import is_error
+from streams.core.models import AnalysisRequest, Event, PerformanceRow, Rejection
+from streams.core.rows import is_error, performance_row
 from streams.core.schema import parse
 
 
@@ -41,8 +41,8 @@ class Output:
 
     sealed: list[AnalysisRequest] = field(default_factory=list)
     rejected: list[tuple[Record, Rejection]] = field(default_factory=list)
-    #: Events with a duration: one performance row each.
-    timed: list[Event] = field(default_factory=list)
+    #: A row for each event with a duration.
+    performance: list[PerformanceRow] = field(default_factory=list)
     #: Error events with the id of their batch: one error record each.
     errors: list[tuple[Event, str]] = field(default_factory=list)
 
@@ -58,7 +58,7 @@ def ingest(
     """Validate and batch ``records``; what they give goes to ``out``."""
     now_dt = datetime.fromtimestamp(now, UTC)
     add = batcher.add
-    sealed, rejected, timed, errors = out.sealed, out.rejected, out.timed, out.errors
+    sealed, rejected, performance, errors = out.sealed, out.rejected, out.performance, out.errors
     # Keys repeat (a few sources, many events): decode each distinct one once.
     keys: dict[bytes, str] = {}
     for record in records:
@@ -75,10 +75,11 @@ def ingest(
         batch_id = add(partition, offset, name, result, now, sealed)
         if batch_id is None:
             continue
+        failed = is_error(result)
         http = result.http
         if http is not None and http.duration_ms is not None:
-            timed.append(result)
-        if is_error(result):
+            performance.append(performance_row(result, not failed))
+        if failed:
             errors.append((result, batch_id))
     if records:
         batcher.advance(partition, records[-1].offset() + 1)  # type: ignore[operator]

@@ -31,15 +31,13 @@ def is_error(event: Event) -> bool:
     return http is not None and http.status_code is not None and http.status_code >= 500
 
 
-def performance_row(event: Event) -> PerformanceRow:
-    """The row of an event with a duration (``http.duration_ms`` set)."""
+def performance_row(event: Event, success: bool) -> PerformanceRow:
+    """The row of an event with a duration (``http.duration_ms`` set); ``success`` is
+    ``not is_error(event)``, which the caller has at hand."""
     http = event.http
     assert http is not None and http.duration_ms is not None, "a timed event"
-    return PerformanceRow(
-        time=event.timestamp, source=event.source, event_id=event.event_id,
-        duration_ms=http.duration_ms, success=not is_error(event), route=http.route,
-        method=http.method, status_code=http.status_code,
-    )
+    return PerformanceRow(event.timestamp, event.source, http.route, http.method,
+                          http.status_code, http.duration_ms, success, event.event_id)
 
 
 def error_record(event: Event, batch_id: str) -> ErrorRecord:

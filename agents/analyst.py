@@ -11,6 +11,7 @@ from agents import web
 from agents.service import AgentService
 from agents.service import install as start_with
 from streams import config
+from streams.adapters import metrics
 from streams.adapters.batch_store import BatchHistory, BatchStatus
 from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.fetch import FetchHandler
@@ -53,6 +54,7 @@ class AnalystService(AgentService):
             breaker=self.breaker,
             policy=RetryPolicy(s.ai_max_attempts),
         )
+        metrics.AI_DAILY_BUDGET.set(s.ai_budget_usd_per_day or 0)
         log.info("analyst.ready", analyzer=analyst.name)
         web.report("ai", lambda: {
             "analyzer": analyst.name,

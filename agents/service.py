@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import asyncpg
@@ -9,6 +10,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
+from agents import web
 from streams import config
 from streams.adapters.fetch import FetchHandler, FetchLoop
 
@@ -68,6 +70,29 @@ class AgentService(Service):
             beacon=self.beacon,
         )
         await self.add_runtime_dependency(fetch)
+        self._report(fetch)
+
+    def _report(self, fetch: FetchLoop) -> None:
+        """Readiness and details of this agent's consumer and database."""
+        pool = self.pool
+
+        async def kafka() -> tuple[bool, str]:
+            if not fetch.rebalanced:
+                return False, f"waiting for partitions of {fetch.topic} ({fetch.group_id})"
+            return True, f"{len(fetch.assigned)} partition(s) of {fetch.topic}"
+
+        async def database() -> tuple[bool, str]:
+            started = time.perf_counter()
+            await pool.fetchval("SELECT 1")
+            return True, f"answered in {(time.perf_counter() - started) * 1000:.1f} ms"
+
+        web.check(f"kafka:{self.agent}", kafka)
+        web.check("postgresql", database)
+        web.report(f"kafka:{self.agent}", lambda: {
+            "group": fetch.group_id, "topic": fetch.topic,
+            "partitions": sorted(fetch.assigned), "rebalanced": fetch.rebalanced,
+            "first_fetch_at": fetch.first_fetch_at,
+        })
 
     async def on_shutdown(self) -> None:
         if self._producer is not None:

@@ -214,8 +214,10 @@ class Analyst:
     async def _wait_for_budget(self, tokens: int) -> None:
         if self.budget is None:
             return
+        started = self.clock()
         while (wait := await self.budget.reserve(tokens)) > 0:
             await self.sleep(min(wait, _MAX_NAP))
+        metrics.AI_RATELIMIT_WAIT.observe(self.clock() - started)
 
     async def _settle_budget(self, reserved: int, used: int) -> None:
         if self.budget is not None:
@@ -246,6 +248,7 @@ class Analyst:
         metrics.AI_TOKENS.labels(ai.model, "prompt").inc(prompt)
         metrics.AI_TOKENS.labels(ai.model, "completion").inc(completion)
         metrics.AI_COST.labels(ai.model).inc(cost)
+        metrics.AI_REQUEST_DURATION.labels(ai.model).observe(latency_ms / 1000)
         return AIUsage(
             request_id=usage_id_for(request.batch_id, ai.name, attempt),
             batch_id=request.batch_id,
@@ -308,6 +311,7 @@ class Analyst:
                                      key=request.key.encode()),
         ]
         await asyncio.gather(*sent)
+        metrics.DEAD_LETTERS.labels(Reason.AI_FAILED.value).inc()
         await self.statuses.set(request.batch_id, request.first_event_at, status)
         log.error("ai.gave_up", batch_id=request.batch_id, attempts=attempts, error=error,
                   status=status)
@@ -358,6 +362,7 @@ class AnalystHandler:
             headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC, message)
             await (await self.producer.send(config.DEAD_LETTER_TOPIC, message.value(),
                                              key=message.key(), headers=headers))
+            metrics.DEAD_LETTERS.labels(rejection.reason.value).inc()
             return
         async with self._slots:
             # The database or broker away for a while: the request waits and tries again

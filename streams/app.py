@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import faust
 from mode import Service
 
-from agents import web
+from agents import lag, web
 from streams.config import Settings
 from streams.errors import ConfigError
 
@@ -56,5 +56,6 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
     )
     for name in chosen:
         available[name](app, settings)
+    lag.install(app, settings)
     web.install(app)
     return app

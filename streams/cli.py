@@ -111,6 +111,15 @@ def worker(
     run_worker(_settings(), chosen)
 
 
+@app.command("lag-exporter")
+def lag_exporter() -> None:
+    """Serve consumer lag of every agent's group for Prometheus (LAG_EXPORTER_PORT),
+    read from the broker: it needs no running worker."""
+    from streams.lag_exporter import run
+
+    run(_settings())
+
+
 @app.command()
 def produce(
     count: Annotated[int, typer.Option(min=1, help="events to send")] = 1000,

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     # Same names and meaning as Faust's own WEB_PORT / WEB_ENABLED, which it also reads.
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = True
+    # `streamsight lag-exporter`'s port, and how often lag is read from the broker (the
+    # exporter and every worker read it).
+    lag_exporter_port: int = Field(9308, ge=1, le=65535)
+    lag_interval_seconds: float = Field(15.0, gt=0)
 
     # TimescaleDB policies, applied by `db migrate` and at worker start: retention in days
     # per table or aggregate as JSON ({"api_performance": 14}; 0 = keep forever; tables
@@ -82,3 +86,12 @@ INSIGHTS_TOPIC = "insights"
 PERFORMANCE_TOPIC = "performance"
 ERRORS_TOPIC = "errors"
 DEAD_LETTER_TOPIC = "dead-letter"
+
+#: The topic each agent reads; its consumer group is ``<APP_ID>-<agent>``.
+AGENT_TOPICS = {
+    "batcher": EVENTS_TOPIC,
+    "analyst": ANALYSIS_REQUESTS_TOPIC,
+    "sink-insights": INSIGHTS_TOPIC,
+    "sink-errors": ERRORS_TOPIC,
+    "sink-performance": PERFORMANCE_TOPIC,
+}

@@ -9,6 +9,7 @@ deterministic. A message that cannot be read goes to ``dead-letter`` with its re
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from confluent_kafka import Message
 from msgspec.structs import astuple
 
 from streams import config
+from streams.adapters import metrics
 from streams.adapters.copy import CopyWriter
 from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.core import deadletter
@@ -110,6 +112,7 @@ class SinkHandler:
         self._rows: dict[str, list[Row]] = {}
         self._rejected: list[tuple[Message, Rejection]] = []
         self._position: dict[int, int] = {}
+        self._duration = metrics.SINK_WRITE_DURATION.labels(topic)
 
     async def assigned(self, starts: dict[int, int]) -> None:
         self._position.update(starts)
@@ -141,13 +144,20 @@ class SinkHandler:
 
     async def settle(self) -> dict[int, int]:
         if self._rows:
+            started = time.perf_counter()
+            added: dict[str, int] = {}
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     for table, rows in self._rows.items():
-                        added = await WRITERS[table].write(conn, rows)
-                        log.debug("sink.written", table=table, rows=len(rows), added=added)
+                        added[table] = await WRITERS[table].write(conn, rows)
+                        log.debug("sink.written", table=table, rows=len(rows),
+                                  added=added[table])
             except QUERY_ERRORS as exc:
                 raise query_error(f"sink of {self.topic}", exc) from exc
+            # Counted once the transaction committed: a retried write is not counted twice.
+            self._duration.observe(time.perf_counter() - started)
+            for table, count in added.items():
+                metrics.SINK_ROWS.labels(table).inc(count)
             self._rows = {}
         if self._rejected:
             sent = []
@@ -158,5 +168,6 @@ class SinkHandler:
                                                      headers=headers))
             for future in sent:
                 await future
+            metrics.DEAD_LETTERS.labels(Reason.MALFORMED_JSON.value).inc(len(self._rejected))
             self._rejected = []
         return dict(self._position)

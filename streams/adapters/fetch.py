@@ -30,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from streams.adapters import metrics
 from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,9 @@ class FetchLoop(Service):
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.assigned: set[int] = set()
+        # True once the group has given this member its share (which may be no partition
+        # at all, when workers outnumber partitions): the worker is then ready.
+        self.rebalanced = False
         self.first_fetch_at: float | None = None
         self._lock = asyncio.Lock()
         self._committed: dict[int, int] = {}
@@ -249,6 +253,8 @@ class FetchLoop(Service):
                     await self.handler.assigned(starts)
             self.assigned.update(starts)
             self._committed.update(starts)
+            self.rebalanced = True
+            metrics.PARTITIONS_ASSIGNED.labels(self.group_id).set(len(self.assigned))
             log.info("fetch.assigned", loop=self.name, partitions=sorted(starts))
 
     def _start_offsets(self, partitions: list[TopicPartition]) -> dict[int, int]:
@@ -273,6 +279,7 @@ class FetchLoop(Service):
                 await self._settle()
             self.handler.revoked(mine)
             self.assigned.difference_update(mine)
+            metrics.PARTITIONS_ASSIGNED.labels(self.group_id).set(len(self.assigned))
             for partition in mine:
                 self._committed.pop(partition, None)
             log.info("fetch.revoked", loop=self.name, partitions=sorted(mine), lost=lost)

@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from streams.adapters.lag import LagCollector
+
 REGISTRY = CollectorRegistry()
 
 
@@ -134,6 +136,10 @@ SINK_WRITE_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
 
 # -- consumers --------------------------------------------------------------------------
+
+#: Consumer lag of every agent's group, as the broker reports it (see lag.py).
+LAG = LagCollector()
+REGISTRY.register(LAG)
 
 PARTITIONS_ASSIGNED = Gauge(
     "streamsight_partitions_assigned", "Partitions this worker holds, by consumer group.",

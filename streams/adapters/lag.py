@@ -1,0 +1,245 @@
+"""Consumer lag read from the broker, so that it keeps growing when every worker is dead.
+
+Per consumer group, topic and partition: offset lag (the high watermark minus the
+committed offset) and time lag (how old the first message not yet committed is), plus
+the group's state and member count, all from Kafka's admin API. A worker that reported
+its own lag would go silent exactly when lag matters most; this runs in every worker and
+in ``streamsight lag-exporter``, a process of its own that needs no worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import structlog
+from confluent_kafka import (
+    OFFSET_INVALID,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = structlog.get_logger(__name__)
+
+#: Longest wait for the broker's answers in one reading.
+TIMEOUT_S = 10.0
+
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    #: The committed offset, or None when the group never committed on the partition
+    #: (it then starts at the earliest offset).
+    committed: int | None
+    high_watermark: int
+    messages: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLag:
+    group: str
+    topic: str
+    state: str
+    members: int
+    partitions: tuple[PartitionLag, ...]
+
+    @property
+    def messages(self) -> int:
+        return sum(p.messages for p in self.partitions)
+
+    @property
+    def seconds(self) -> float:
+        return max((p.seconds for p in self.partitions), default=0.0)
+
+
+class LagReader:
+    """Reads the lag of the given groups (group -> the topic it consumes)."""
+
+    def __init__(self, bootstrap_servers: str, groups: Mapping[str, str], client_id: str,
+                 ) -> None:
+        self.groups = dict(groups)
+        self._admin = AdminClient({"bootstrap.servers": bootstrap_servers,
+                                   "client.id": client_id})
+        # Reads single messages for their timestamps: assigned, never subscribed, never
+        # commits, so it joins no group and moves no offset.
+        self._reader = KafkaConsumer({
+            "bootstrap.servers": bootstrap_servers, "client.id": f"{client_id}-stamps",
+            "group.id": f"{client_id}-stamps", "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        })
+        # Timestamps of the messages at committed offsets: they do not change.
+        self._stamps: dict[tuple[str, int, int], float] = {}
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def read(self, now: float | None = None) -> list[GroupLag]:
+        """One reading of every group; raises KafkaException when the broker fails."""
+        now = time.time() if now is None else now
+        topics = sorted(set(self.groups.values()))
+        metadata = self._admin.list_topics(timeout=TIMEOUT_S).topics
+        partitions = {t: sorted(metadata[t].partitions) for t in topics if t in metadata}
+        tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
+        highs = self._offsets(tps, _LATEST)
+        lows = self._offsets(tps, _EARLIEST)
+        described = self._admin.describe_consumer_groups(
+            list(self.groups), request_timeout=TIMEOUT_S)
+        committed_requests = [
+            ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p)
+                                                 for p in partitions.get(topic, [])])
+            for group, topic in self.groups.items()
+        ]
+        committed_futures = {}
+        # The admin API takes one group per call.
+        for request in committed_requests:
+            committed_futures.update(self._admin.list_consumer_group_offsets(
+                [request], request_timeout=TIMEOUT_S))
+
+        positions: dict[tuple[str, str, int], tuple[int | None, int]] = {}
+        for group, topic in self.groups.items():
+            result = committed_futures[group].result()
+            committed = {tp.partition: tp.offset for tp in result.topic_partitions}
+            for partition in partitions.get(topic, []):
+                offset = committed.get(partition, OFFSET_INVALID)
+                own = offset if offset >= 0 else None
+                start = own if own is not None else lows[(topic, partition)]
+                positions[(group, topic, partition)] = (own, start)
+        stamps = self._timestamps({
+            (topic, partition, start)
+            for (_, topic, partition), (_, start) in positions.items()
+            if start < highs[(topic, partition)]})
+
+        out = []
+        for group, topic in self.groups.items():
+            description = described[group].result()
+            rows = []
+            for partition in partitions.get(topic, []):
+                own, start = positions[(group, topic, partition)]
+                high = highs[(topic, partition)]
+                # A high watermark below the position is a broker answering late (or
+                # Tansu's, which trails by up to a batch): no lag, not a negative one.
+                behind = max(0, high - start)
+                stamp = stamps.get((topic, partition, start)) if behind else None
+                rows.append(PartitionLag(group, topic, partition, own, high, behind,
+                                         max(0.0, now - stamp) if stamp else 0.0))
+            out.append(GroupLag(group, topic, _state_name(description.state),
+                                len(description.members), tuple(rows)))
+        return out
+
+    def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec,
+                 ) -> dict[tuple[str, int], int]:
+        if not tps:
+            return {}
+        futures = self._admin.list_offsets({tp: spec for tp in tps},
+                                           request_timeout=TIMEOUT_S)
+        return {(tp.topic, tp.partition): future.result().offset
+                for tp, future in futures.items()}
+
+    def _timestamps(self, wanted: set[tuple[str, int, int]]) -> dict[tuple[str, int, int], float]:
+        """Timestamps (epoch seconds) of the messages at the given offsets."""
+        missing = wanted - self._stamps.keys()
+        if missing:
+            self._reader.assign([TopicPartition(t, p, o) for t, p, o in missing])
+            deadline = time.monotonic() + TIMEOUT_S
+            left = {(t, p): o for t, p, o in missing}
+            while left and time.monotonic() < deadline:
+                for message in self._reader.consume(len(left), 0.5):
+                    if message.error() is not None:
+                        continue
+                    where = (message.topic(), message.partition())
+                    if where in left:
+                        # The first message at or after the offset (compaction or
+                        # transaction markers may have removed the offset itself).
+                        self._stamps[(*where, left.pop(where))] = message.timestamp()[1] / 1000
+                        self._reader.incremental_unassign([TopicPartition(*where)])
+            self._reader.unassign()
+        # Old offsets are never asked for again once a group has moved past them.
+        self._stamps = {k: v for k, v in self._stamps.items() if k in wanted}
+        return dict(self._stamps)
+
+
+def _state_name(state: object) -> str:
+    name = getattr(state, "name", str(state))
+    return str(name).lower()
+
+
+class LagCollector(Collector):
+    """Exposes the latest reading; scrapes never wait for the broker."""
+
+    def __init__(self) -> None:
+        self.latest: list[GroupLag] = []
+        self.read_at: float | None = None
+        self.failures = 0
+
+    def update(self, groups: list[GroupLag], at: float) -> None:
+        self.latest, self.read_at = groups, at
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        messages = GaugeMetricFamily(
+            "streamsight_consumer_lag_messages",
+            "Messages not yet committed by the consumer group (high watermark minus "
+            "committed offset), read from the broker.", labels=["group", "topic", "partition"])
+        seconds = GaugeMetricFamily(
+            "streamsight_consumer_lag_seconds",
+            "Age of the oldest message the consumer group has not committed (0 when none).",
+            labels=["group", "topic", "partition"])
+        members = GaugeMetricFamily(
+            "streamsight_consumer_group_members", "Members of the consumer group.",
+            labels=["group"])
+        state = GaugeMetricFamily(
+            "streamsight_consumer_group_state",
+            "1 for the consumer group's current state (stable, empty, preparing_rebalance, ...).",
+            labels=["group", "state"])
+        for group in self.latest:
+            members.add_metric([group.group], group.members)
+            state.add_metric([group.group, group.state], 1)
+            for p in group.partitions:
+                labels = [p.group, p.topic, str(p.partition)]
+                messages.add_metric(labels, p.messages)
+                seconds.add_metric(labels, p.seconds)
+        read_at = GaugeMetricFamily(
+            "streamsight_consumer_lag_read_timestamp_seconds",
+            "When lag was last read from the broker (unix time; 0 before the first reading).")
+        read_at.add_metric([], self.read_at or 0.0)
+        failures = GaugeMetricFamily(
+            "streamsight_consumer_lag_read_failures",
+            "Readings of lag that failed in a row (the broker did not answer).")
+        failures.add_metric([], self.failures)
+        yield from (messages, seconds, members, state, read_at, failures)
+
+    def refresh(self, reader: LagReader) -> None:
+        """Take a reading; a failed one keeps the previous values and counts."""
+        try:
+            groups = reader.read()
+        except KafkaException as exc:
+            self.failures += 1
+            log.warning("lag.read_failed", error=str(exc), failures=self.failures)
+            return
+        self.failures = 0
+        self.update(groups, time.time())
+
+    def summary(self) -> dict[str, object]:
+        """For /health/detailed."""
+        return {
+            "read_at": self.read_at,
+            "groups": {g.group: {"topic": g.topic, "state": g.state, "members": g.members,
+                                 "lag_messages": g.messages, "lag_seconds": round(g.seconds, 1)}
+                       for g in self.latest},
+        }
+
+
+def agent_groups(app_id: str, topics: Mapping[str, str]) -> dict[str, str]:
+    """Consumer group -> topic for every agent."""
+    return {f"{app_id}-{agent}": topic for agent, topic in topics.items()}

@@ -1,0 +1,48 @@
+"""``streamsight lag-exporter``: consumer lag for Prometheus from a process of its own.
+
+Lag is read from the broker, so this keeps reporting (and lag keeps growing) while no
+worker runs; Prometheus alerts on the workers' own metrics cannot see that.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from streams import config
+from streams.adapters import logs
+from streams.adapters.lag import LagCollector, LagReader, agent_groups
+
+
+def run(settings: config.Settings) -> None:
+    """Serve /metrics on LAG_EXPORTER_PORT until SIGTERM or SIGINT."""
+    logs.configure(settings.log_level, settings.log_format)
+    log = logs.get_logger(__name__)
+    groups = agent_groups(settings.app_id, config.AGENT_TOPICS)
+    reader = LagReader(settings.kafka_bootstrap_servers, groups,
+                       client_id=f"{settings.app_id}-lag-exporter")
+    collector = LagCollector()
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, thread = start_http_server(settings.lag_exporter_port, registry=registry)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("lag_exporter.started", port=settings.lag_exporter_port, groups=sorted(groups),
+             interval_s=settings.lag_interval_seconds)
+    try:
+        while not stop.is_set():
+            collector.refresh(reader)
+            stop.wait(settings.lag_interval_seconds)
+    finally:
+        server.shutdown()
+        thread.join(5)
+        reader.close()
+        log.info("lag_exporter.stopped")

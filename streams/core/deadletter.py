@@ -6,6 +6,9 @@ from streams.core.ingest import Record
 from streams.core.models import Rejection
 
 MAX_ERROR_BYTES = 1024
+#: How many times ``streamsight dlq redrive`` has sent a message back; it travels with the
+#: message so that dead-letter copies of a redriven message keep the count.
+REDRIVE_HEADER = "dlq.redrive"
 
 
 def headers(rejection: Rejection, topic: str, record: Record) -> list[tuple[str, bytes]]:
@@ -22,4 +25,8 @@ def headers(rejection: Rejection, topic: str, record: Record) -> list[tuple[str,
     ]
     if rejection.field is not None:
         out.append(("dlq.field", rejection.field.encode()))
+    for name, value in record.headers() or ():
+        if name == REDRIVE_HEADER and value is not None:
+            out.append((REDRIVE_HEADER, value if isinstance(value, bytes) else value.encode()))
+            break
     return out

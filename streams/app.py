@@ -50,10 +50,6 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
         web_enabled=settings.web_enabled,
         topic_replication_factor=1,
         topic_allow_declare=False,
-        # Faust's leader-election topic serves its own agents and tables, which we do not
-        # use (agents read through FetchLoop): with topic auto-creation off, as in
-        # production, it would never exist.
-        topic_disable_leader=True,
         broker_session_timeout=session_ms / 1000,
         broker_heartbeat_interval=settings.consumer_heartbeat_interval_ms / 1000,
         producer_acks=-1,

@@ -53,6 +53,7 @@ def topics_apply(
     settings = _settings()
     path = file or Path(settings.topics_file)
     specs = kafka.load_topics(path)
+    specs.append(kafka.faust_leader_topic(settings.app_id, specs))
     admin = kafka.make_admin(settings.kafka_bootstrap_servers)
     plan = kafka.plan_topics(admin, specs)
 

@@ -205,6 +205,64 @@ def demo(
     )
 
 
+replay_app = typer.Typer(
+    help="Replay: move a consumer group's offsets, copy a time range between topics.",
+    no_args_is_help=True,
+)
+app.add_typer(replay_app, name="replay")
+
+
+@replay_app.command("reset")
+def replay_reset(
+    group: Annotated[str, typer.Option(
+        help="consumer group, or an agent's name (batcher) for <APP_ID>-<agent>")],
+    topic: Annotated[str | None, typer.Option(
+        help="topic whose offsets move (default: the agent's topic)")] = None,
+    to_datetime: Annotated[str | None, typer.Option(
+        help="first message at or after this ISO 8601 time (UTC if no zone)")] = None,
+    by_duration: Annotated[str | None, typer.Option(
+        help="first message at or after now minus this: 30m, 2h, 1d")] = None,
+    to_offset: Annotated[int | None, typer.Option(
+        help="this offset (kept within each partition's range)")] = None,
+    to_earliest: Annotated[bool, typer.Option(
+        "--to-earliest", help="the earliest offset still held")] = False,
+    partitions: Annotated[str | None, typer.Option(
+        help="only these partitions, e.g. 0,1 (default: all)")] = None,
+    execute: Annotated[bool, typer.Option(
+        "--execute", help="apply the plan (default: dry run, show it)")] = False,
+) -> None:
+    """Move a stopped consumer group's committed offsets (dry run unless --execute).
+
+    Refused while the group has active members. Replaying the batcher is safe: batches
+    recorded in `batches` are re-formed identically, so the sinks add no rows (the
+    analyst does analyse the re-published requests again).
+    """
+    from streams import replay
+
+    target = replay.choose_target(to_datetime=to_datetime, by_duration=by_duration,
+                                  to_offset=to_offset, to_earliest=to_earliest)
+    replay.run_reset(_settings(), group=group, topic=topic, target=target,
+                     partitions=partitions, execute=execute)
+
+
+@replay_app.command("copy")
+def replay_copy(
+    source: Annotated[str, typer.Option("--from", help="topic to copy from")],
+    destination: Annotated[str, typer.Option("--to", help="topic to copy to (must exist)")],
+    since: Annotated[str, typer.Option(
+        help="messages stamped at or after this ISO 8601 time (UTC if no zone)")],
+    until: Annotated[str | None, typer.Option(
+        help="... and before this ISO 8601 time (default: the end at start)")] = None,
+    key: Annotated[str | None, typer.Option(help="only messages with this key")] = None,
+) -> None:
+    """Copy a time range of messages (key, value, headers, timestamp) to another topic,
+    marked with the header replay.copied-from = <topic>/<partition>/<offset>."""
+    from streams import replay
+
+    replay.run_copy(_settings(), source=source, destination=destination, since=since,
+                    until=until, key=key, progress=sys.stderr.isatty())
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,613 @@
+"""Replay: move a consumer group's committed offsets, copy a time range between topics.
+
+``streamsight replay reset`` plans, per partition, where a group's committed offset goes
+(earliest, an offset, a point in time, or a duration before now) and shows the plan; with
+``--execute`` it applies it with AdminClient.alter_consumer_group_offsets, and only while
+the group has no active member.
+
+``streamsight replay copy`` copies the messages of a time range (optionally one key) from
+one topic to another, keeping key, value, headers and timestamp and adding the header
+``replay.copied-from`` = ``<topic>/<partition>/<offset>`` (and ``replay.copied-at``). It
+stops at the end offsets it captured at the start, so a live topic does not keep it going.
+
+Offsets are found by reading, where brokers differ: end offsets are read up to the end of
+each partition (Tansu's ListOffsets "latest" reports the last batch's base offset + 1),
+and the offset of a point in time is asked from the broker (ListOffsets by timestamp),
+checked against the timestamps of the messages around it, and found by a binary search
+over message timestamps when the answer does not hold (Tansu answers 0 for any time).
+The search assumes timestamps that do not go backwards within a partition, as producers
+stamping the current time and LogAppendTime topics give.
+
+What replaying the batcher does: its recovery reads the ``batches`` rows that end at or
+after the offset it starts from and re-forms those batches from the same events (same
+ids, same contents, same seal times); events of batches that ended before that offset are
+skipped. A replay therefore re-publishes identical analysis requests and performance and
+error rows, and the sinks, which insert with ON CONFLICT DO NOTHING, add no rows. The
+analyst does analyse re-published requests again (with OpenAI: new calls, new spend and
+new ``ai_usage`` rows), while the insights keep their ids.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+
+from streams import config
+from streams.adapters.kafka import kafka_error, make_admin
+from streams.errors import ConfigError, PermanentError, StreamsightError
+
+TIMEOUT_S = 15.0
+COPIED_FROM = "replay.copied-from"
+COPIED_AT = "replay.copied-at"
+#: Group states in which nobody consumes; any other state (Tansu reports STABLE with no
+#: members for a group in use) refuses a reset.
+IDLE_STATES = frozenset({"empty", "dead"})
+_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+# --- pure planning -------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``2h``, ``90m``, ``1h30m``, ``45s``, ``3d``, ``1w`` (or ISO 8601 ``PT2H``)."""
+    raw = text.strip().lower()
+    if raw.startswith("p"):
+        raw = raw.removeprefix("p").replace("t", "")
+    parts = _DURATION_PART.findall(raw)
+    if not parts or _DURATION_PART.sub("", raw).strip():
+        raise ConfigError(
+            f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d, w), e.g. 2h")
+    seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
+    if seconds <= 0:
+        raise ConfigError(f"invalid duration {text!r}: it must be above zero")
+    return timedelta(seconds=seconds)
+
+
+def parse_datetime(text: str) -> int:
+    """An ISO 8601 date or date-time in epoch milliseconds; without an offset it is UTC."""
+    raw = text.strip()
+    if raw.endswith(("Z", "z")):
+        raw = raw[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"invalid date-time {text!r}: use ISO 8601, e.g. 2026-01-31T14:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def format_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def resolve_group(name: str, app_id: str, topic: str | None) -> tuple[str, str]:
+    """(consumer group, topic): an agent's name stands for ``<APP_ID>-<agent>``, and an
+    agent's group reads the topic of AGENT_TOPICS unless ``topic`` says otherwise."""
+    group = f"{app_id}-{name}" if name in config.AGENT_TOPICS else name
+    if topic is None:
+        for agent, agent_topic in config.AGENT_TOPICS.items():
+            if group == f"{app_id}-{agent}":
+                return group, agent_topic
+        raise ConfigError(f"--topic is needed: {group!r} is not the group of an agent "
+                          f"({', '.join(config.AGENT_TOPICS)}) under APP_ID={app_id!r}")
+    return group, topic
+
+
+def parse_partitions(text: str | None) -> list[int] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        chosen = sorted({int(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        raise ConfigError(f"invalid --partitions {text!r}: use numbers, e.g. 0,1") from None
+    if not chosen or chosen[0] < 0:
+        raise ConfigError(f"invalid --partitions {text!r}: use numbers, e.g. 0,1")
+    return chosen
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to move the offsets: the earliest one, an offset, or a time (epoch ms)."""
+
+    kind: Literal["earliest", "offset", "time"]
+    value: int = 0
+
+    def describe(self) -> str:
+        if self.kind == "earliest":
+            return "earliest"
+        if self.kind == "offset":
+            return f"offset {self.value}"
+        return f"first message at or after {format_ms(self.value)}"
+
+
+def choose_target(*, to_datetime: str | None, by_duration: str | None, to_offset: int | None,
+                  to_earliest: bool, now: float | None = None) -> Target:
+    """Exactly one of the four options; ``--by-duration D`` is the time ``now - D``."""
+    given = [name for name, value in (("--to-datetime", to_datetime),
+                                      ("--by-duration", by_duration),
+                                      ("--to-offset", to_offset)) if value is not None]
+    if to_earliest:
+        given.append("--to-earliest")
+    if len(given) != 1:
+        raise ConfigError("choose exactly one of --to-datetime, --by-duration, --to-offset, "
+                          f"--to-earliest (got {', '.join(given) or 'none'})")
+    if to_datetime is not None:
+        return Target("time", parse_datetime(to_datetime))
+    if by_duration is not None:
+        now = time.time() if now is None else now
+        return Target("time", int((now - parse_duration(by_duration).total_seconds()) * 1000))
+    if to_offset is not None:
+        if to_offset < 0:
+            raise ConfigError("--to-offset must be 0 or above")
+        return Target("offset", to_offset)
+    return Target("earliest")
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    partition: int
+    #: The committed offset, or None when the group never committed on the partition.
+    current: int | None
+    target: int
+    low: int
+    end: int
+    #: The asked offset was outside [low, end] and was moved to its nearest bound.
+    clamped: bool = False
+
+    @property
+    def reprocess(self) -> int | None:
+        """Messages read again (positive) or skipped (negative); None without a commit."""
+        return None if self.current is None else self.current - self.target
+
+
+def plan_partition(partition: int, current: int | None, wanted: int, low: int, end: int,
+                   ) -> PartitionPlan:
+    """The target offset, kept within what the partition holds."""
+    target = min(max(wanted, low), end)
+    return PartitionPlan(partition, current, target, low, end, clamped=target != wanted)
+
+
+# --- reading offsets from the broker -------------------------------------------------------
+
+
+def _reader(bootstrap: str) -> Consumer:
+    """Assigned, never subscribed, never commits: joins no group, moves no offset."""
+    return Consumer({
+        "bootstrap.servers": bootstrap, "group.id": "streamsight-replay-reader",
+        "client.id": "streamsight-replay-reader", "enable.auto.commit": False,
+        "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 2,
+        # Probes move from offset to offset: a fetch held open at the end would delay each.
+        "fetch.wait.max.ms": 10,
+    })
+
+
+class Offsets:
+    """Exact low and end offsets and the offsets of points in time, for one topic."""
+
+    def __init__(self, admin: AdminClient, reader: Consumer, topic: str) -> None:
+        self.admin = admin
+        self.reader = reader
+        self.topic = topic
+
+    def partitions(self) -> list[int]:
+        try:
+            metadata = self.admin.list_topics(self.topic, timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading the partitions of {self.topic}") from exc
+        found = metadata.topics.get(self.topic)
+        if found is None or found.error is not None or not found.partitions:
+            raise PermanentError(f"topic {self.topic!r} does not exist")
+        return sorted(found.partitions)
+
+    def _list(self, partitions: Iterable[int], spec: Any) -> dict[int, tuple[int, int]]:
+        """(offset, timestamp) per partition from ListOffsets."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        if not tps:
+            return {}
+        try:
+            futures = self.admin.list_offsets({tp: spec for tp in tps},
+                                              request_timeout=TIMEOUT_S)
+            return {tp.partition: (f.result().offset, f.result().timestamp)
+                    for tp, f in futures.items()}
+        except KafkaException as exc:
+            raise kafka_error(exc, f"listing offsets of {self.topic}") from exc
+
+    def bounds(self, partitions: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """(low, end) per partition, the end read exactly: from just before the end the
+        broker reports up to the end of the partition (one message on Kafka, the last
+        produce batch on Tansu, whose "latest" trails the true end)."""
+        lows = {p: o for p, (o, _) in self._list(partitions, _EARLIEST).items()}
+        reported = {p: o for p, (o, _) in self._list(partitions, _LATEST).items()}
+        starts = {p: max(lows[p], reported[p] - 1) for p in partitions}
+        ends = self._read_to_end(starts)
+        return {p: (lows[p], ends[p]) for p in partitions}
+
+    def _read_to_end(self, starts: dict[int, int]) -> dict[int, int]:
+        reader = self.reader
+        reader.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
+        ends: dict[int, int] = {}
+        deadline = time.monotonic() + TIMEOUT_S * 2
+        try:
+            while len(ends) < len(starts):
+                if time.monotonic() > deadline:
+                    missing = sorted(set(starts) - set(ends))
+                    raise PermanentError(f"reading the end of {self.topic} partitions "
+                                         f"{missing} timed out")
+                for message in reader.consume(10_000, 0.1):
+                    error = message.error()
+                    if error is None:
+                        continue
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        where: int = message.partition()  # type: ignore[assignment]
+                        ends[where] = message.offset()  # type: ignore[assignment]
+                    elif error.fatal() or not error.retriable():
+                        raise kafka_error(KafkaException(error), f"reading {self.topic}")
+        finally:
+            reader.unassign()
+        return ends
+
+    def first_at_or_after(self, partition: int, offset: int, end: int) -> tuple[int, int] | None:
+        """(offset, timestamp ms) of the first message at or after ``offset``, or None."""
+        if offset >= end:
+            return None
+        reader = self.reader
+        reader.assign([TopicPartition(self.topic, partition, offset)])
+        deadline = time.monotonic() + TIMEOUT_S
+        try:
+            while time.monotonic() < deadline:
+                message = reader.poll(0.5)
+                if message is None:
+                    continue
+                error = message.error()
+                if error is None:
+                    return message.offset(), message.timestamp()[1]  # type: ignore[return-value]
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return None
+                if error.fatal() or not error.retriable():
+                    raise kafka_error(KafkaException(error), f"reading {self.topic}")
+        finally:
+            reader.unassign()
+        raise PermanentError(f"reading {self.topic}/{partition} at offset {offset} timed out")
+
+    def for_times(self, ms: int, bounds: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Per partition, the offset of the first message stamped at or after ``ms`` (the
+        end offset when there is none)."""
+        answers = self._list(bounds, OffsetSpec.for_timestamp(ms))
+        out = {}
+        for partition, (low, end) in bounds.items():
+            offset = answers[partition][0]
+            offset = end if offset < 0 else offset
+            if not self._holds(partition, offset, ms, low, end):
+                offset = self._search(partition, ms, low, end)
+            out[partition] = offset
+        return out
+
+    def _holds(self, partition: int, offset: int, ms: int, low: int, end: int) -> bool:
+        """Whether ``offset`` is the first one at or after ``ms``: its message is not
+        older and the message before it is."""
+        if not low <= offset <= end:
+            return False
+        at = self.first_at_or_after(partition, offset, end)
+        if at is not None and at[1] < ms:
+            return False
+        if offset == low:
+            return True
+        before = self.first_at_or_after(partition, offset - 1, end)
+        return before is None or before[0] >= offset or before[1] < ms
+
+    def _search(self, partition: int, ms: int, low: int, end: int) -> int:
+        """Binary search over message timestamps in [low, end)."""
+        lo, hi = low, end
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self.first_at_or_after(partition, mid, end)
+            if found is None or found[1] >= ms:
+                hi = mid
+            else:
+                lo = found[0] + 1
+        return lo
+
+
+# --- reset ---------------------------------------------------------------------------------
+
+
+def _state(description: Any) -> str:
+    return str(getattr(description.state, "name", description.state)).lower()
+
+
+def ensure_idle(admin: AdminClient, group: str) -> None:
+    """Refuse while anyone consumes in ``group`` (a reset would be overwritten by their
+    next commit, and Kafka refuses it anyway)."""
+    try:
+        description = admin.describe_consumer_groups(
+            [group], request_timeout=TIMEOUT_S)[group].result()
+    except KafkaException as exc:
+        raise kafka_error(exc, f"describing consumer group {group}") from exc
+    state, members = _state(description), len(description.members)
+    if members or state not in IDLE_STATES:
+        raise StreamsightError(
+            f"consumer group {group} is active (state {state}, {members} members): "
+            "stop its workers first, then reset")
+
+
+def committed(admin: AdminClient, group: str, topic: str, partitions: Sequence[int],
+              ) -> dict[int, int | None]:
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    try:
+        result = admin.list_consumer_group_offsets([request],
+                                                   request_timeout=TIMEOUT_S)[group].result()
+    except KafkaException as exc:
+        raise kafka_error(exc, f"reading the offsets of consumer group {group}") from exc
+    found = {tp.partition: tp.offset for tp in result.topic_partitions}
+    return {p: (found[p] if found.get(p, OFFSET_INVALID) >= 0 else None) for p in partitions}
+
+
+@dataclass(frozen=True)
+class ResetPlan:
+    group: str
+    topic: str
+    target: Target
+    partitions: tuple[PartitionPlan, ...]
+
+    @property
+    def reprocess(self) -> int:
+        return sum(max(0, p.reprocess or 0) for p in self.partitions)
+
+
+def plan_reset(bootstrap: str, group: str, topic: str, target: Target,
+               partitions: Sequence[int] | None = None) -> ResetPlan:
+    admin = make_admin(bootstrap)
+    reader = _reader(bootstrap)
+    try:
+        offsets = Offsets(admin, reader, topic)
+        existing = offsets.partitions()
+        chosen = list(partitions) if partitions is not None else existing
+        unknown = sorted(set(chosen) - set(existing))
+        if unknown:
+            raise ConfigError(f"topic {topic} has no partition {unknown[0]} "
+                              f"(it has {len(existing)})")
+        bounds = offsets.bounds(chosen)
+        current = committed(admin, group, topic, chosen)
+        if target.kind == "time":
+            wanted = offsets.for_times(target.value, bounds)
+        elif target.kind == "offset":
+            wanted = dict.fromkeys(chosen, target.value)
+        else:
+            wanted = {p: low for p, (low, _) in bounds.items()}
+        return ResetPlan(group, topic, target, tuple(
+            plan_partition(p, current[p], wanted[p], *bounds[p]) for p in chosen))
+    finally:
+        reader.close()
+
+
+def apply_reset(bootstrap: str, plan: ResetPlan) -> None:
+    admin = make_admin(bootstrap)
+    ensure_idle(admin, plan.group)
+    request = ConsumerGroupTopicPartitions(plan.group, [
+        TopicPartition(plan.topic, p.partition, p.target) for p in plan.partitions])
+    try:
+        result = admin.alter_consumer_group_offsets(
+            [request], request_timeout=TIMEOUT_S)[plan.group].result()
+    except KafkaException as exc:
+        raise kafka_error(exc, f"moving the offsets of consumer group {plan.group}") from exc
+    for tp in result.topic_partitions:
+        if tp.error is not None:
+            raise StreamsightError(f"moving {plan.group} on {plan.topic}/{tp.partition} "
+                                   f"failed: {tp.error.str()} ({tp.error.name()})")
+
+
+def run_reset(settings: config.Settings, *, group: str, topic: str | None, target: Target,
+              partitions: str | None, execute: bool) -> None:
+    """``streamsight replay reset``: show the plan, apply it with ``execute``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    group, topic = resolve_group(group, settings.app_id, topic)
+    bootstrap = settings.kafka_bootstrap_servers
+    # Refuse before planning too: a plan for an active group would be stale at once.
+    ensure_idle(make_admin(bootstrap), group)
+    plan = plan_reset(bootstrap, group, topic, target, parse_partitions(partitions))
+
+    console = Console()
+    console.print(f"reset {group} on {topic} to {target.describe()}")
+    table = Table()
+    for column in ("partition", "current committed", "target", "messages to reprocess"):
+        table.add_column(column, justify="right")
+    for p in plan.partitions:
+        moved = p.reprocess
+        change = ("-" if moved is None else f"{moved:,}" if moved >= 0
+                  else f"[yellow]skips {-moved:,}[/]")
+        note = f" [dim](clamped to {p.low}..{p.end})[/]" if p.clamped else ""
+        table.add_row(str(p.partition), "-" if p.current is None else f"{p.current:,}",
+                      f"{p.target:,}{note}", change)
+    console.print(table)
+    if not execute:
+        console.print(f"{plan.reprocess:,} messages to reprocess; "
+                      "dry run: add --execute to apply")
+        return
+    apply_reset(bootstrap, plan)
+    console.print(f"moved {group} on {len(plan.partitions)} partitions of {topic}; "
+                  f"{plan.reprocess:,} messages to reprocess")
+
+
+# --- copy ----------------------------------------------------------------------------------
+
+
+@dataclass
+class CopyReport:
+    read: int = 0
+    matched: int = 0
+    copied: int = 0
+    failed: int = 0
+    first_error: str | None = None
+    ranges: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+
+def copy_range(bootstrap: str, source: str, destination: str, since_ms: int,
+               until_ms: int | None = None, key: bytes | None = None,
+               progress: Callable[[int, int], None] | None = None) -> CopyReport:
+    """Copy messages stamped in [since, until) (and of ``key``) from ``source`` to
+    ``destination``; ``progress(done, total)`` is told how far the read got."""
+    if until_ms is not None and until_ms <= since_ms:
+        raise ConfigError("--until must be after --since")
+    admin = make_admin(bootstrap)
+    reader = _reader(bootstrap)
+    report = CopyReport()
+    try:
+        offsets = Offsets(admin, reader, source)
+        partitions = offsets.partitions()
+        Offsets(admin, reader, destination).partitions()  # it must exist: never created here
+        bounds = offsets.bounds(partitions)
+        starts = offsets.for_times(since_ms, bounds)
+        stops = (offsets.for_times(until_ms, bounds) if until_ms is not None
+                 else {p: end for p, (_, end) in bounds.items()})
+        report.ranges = {p: (starts[p], max(starts[p], stops[p])) for p in partitions}
+        _copy(bootstrap, reader, source, destination, since_ms, until_ms, key, report, progress)
+    finally:
+        reader.close()
+    return report
+
+
+def _copy(bootstrap: str, reader: Consumer, source: str, destination: str, since_ms: int,
+          until_ms: int | None, key: bytes | None, report: CopyReport,
+          progress: Callable[[int, int], None] | None) -> None:
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "client.id": "streamsight-replay-copy",
+        "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+        "compression.type": "lz4", "log_level": 2,
+    })
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            report.copied += 1
+        else:
+            report.failed += 1
+            report.first_error = report.first_error or err.str()
+
+    pending = {p: r for p, r in report.ranges.items() if r[1] > r[0]}
+    total = sum(stop - start for start, stop in pending.values())
+    done = 0
+    copied_at = datetime.now(UTC).isoformat(timespec="milliseconds").encode()
+    if pending:
+        reader.assign([TopicPartition(source, p, start) for p, (start, _) in pending.items()])
+    deadline_s = TIMEOUT_S * 2
+    last_message = time.monotonic()
+    try:
+        while pending:
+            messages = reader.consume(10_000, 0.1)
+            if not messages and time.monotonic() - last_message > deadline_s:
+                raise PermanentError(f"reading {source} stalled: nothing for {deadline_s:.0f}s")
+            for message in messages:
+                error = message.error()
+                partition: int = message.partition()  # type: ignore[assignment]
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        # The end of what exists is below the stop only when messages
+                        # were deleted meanwhile (retention): nothing more will come.
+                        if partition in pending:
+                            start, stop = pending[partition]
+                            done += stop - start
+                            _finish(reader, source, pending, partition)
+                        continue
+                    if error.fatal() or not error.retriable():
+                        raise kafka_error(KafkaException(error), f"reading {source}")
+                    continue
+                last_message = time.monotonic()
+                offset: int = message.offset()  # type: ignore[assignment]
+                if partition not in pending:
+                    continue
+                start, stop = pending[partition]
+                if offset >= stop:
+                    done += max(0, stop - start)
+                    _finish(reader, source, pending, partition)
+                    continue
+                report.read += 1
+                done += offset + 1 - start
+                pending[partition] = (offset + 1, stop)
+                stamp = message.timestamp()[1]
+                if (stamp >= since_ms and (until_ms is None or stamp < until_ms)
+                        and (key is None or message.key() == key)):
+                    report.matched += 1
+                    # Consumed messages carry headers as a list of pairs, repeats kept.
+                    headers: list[tuple[str, Any]] = list(
+                        message.headers() or [])  # type: ignore[arg-type]
+                    headers.append((COPIED_FROM, f"{source}/{partition}/{offset}".encode()))
+                    headers.append((COPIED_AT, copied_at))
+                    _produce(producer, destination, message, stamp, headers, delivered)
+                if offset + 1 >= stop:
+                    _finish(reader, source, pending, partition)
+            producer.poll(0)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        left = producer.flush(TIMEOUT_S * 4)
+        if left:
+            report.failed += left
+            report.first_error = report.first_error or f"{left} messages not acknowledged"
+    if progress is not None:
+        progress(total, total)
+
+
+def _produce(producer: Producer, topic: str, message: Message, stamp: int,
+             headers: list[tuple[str, Any]], delivered: Callable[..., None]) -> None:
+    while True:
+        try:
+            producer.produce(topic, message.value(), message.key(), headers=headers,
+                             timestamp=max(stamp, 0), on_delivery=delivered)
+            return
+        except BufferError:
+            producer.poll(0.5)
+
+
+def _finish(reader: Consumer, topic: str, pending: dict[int, tuple[int, int]],
+            partition: int) -> None:
+    pending.pop(partition, None)
+    reader.incremental_unassign([TopicPartition(topic, partition)])
+
+
+def run_copy(settings: config.Settings, *, source: str, destination: str, since: str,
+             until: str | None, key: str | None, progress: bool) -> None:
+    """``streamsight replay copy``: copy with a progress bar, then exact counts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    since_ms = parse_datetime(since)
+    until_ms = parse_datetime(until) if until is not None else None
+    bar = Progress(TextColumn(f"copying {source} -> {destination}"), BarColumn(),
+                   MofNCompleteColumn(), console=Console(stderr=True), disable=not progress,
+                   transient=True)
+    with bar:
+        task = bar.add_task("copy", total=None)
+        report = copy_range(
+            settings.kafka_bootstrap_servers, source, destination, since_ms, until_ms,
+            key.encode() if key is not None else None,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
+    span = f"[{format_ms(since_ms)}, {format_ms(until_ms) if until_ms else 'end'})"
+    print(f"read {report.read}, matched {report.matched}, copied {report.copied} "
+          f"from {source} to {destination} {span}"
+          + (f" key {key!r}" if key is not None else "")
+          + (f", {report.failed} failed" if report.failed else ""))
+    if report.failed or report.copied != report.matched:
+        raise StreamsightError(f"{report.failed} of {report.matched} copies failed: "
+                               f"{report.first_error}")

@@ -112,6 +112,18 @@ def worker(
     run_worker(_settings(), chosen)
 
 
+@app.command()
+def seal(
+    source: Annotated[str, typer.Option(help="the source (event key) whose batch to seal")],
+) -> None:
+    """Seal a source's open batch now (reason: manual), through the running batcher."""
+    from streams.trigger import request_seal
+
+    message = request_seal(_settings().kafka_bootstrap_servers, source)
+    print(f"seal requested for {source!r} (events partition {message.partition()}, "
+          f"offset {message.offset()}); the batcher seals it when it reads that far")
+
+
 @app.command("lag-exporter")
 def lag_exporter() -> None:
     """Serve consumer lag of every agent's group for Prometheus (LAG_EXPORTER_PORT),

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from streams.core import control
 from streams.core.batching import Batcher
-from streams.core.models import AnalysisRequest, Event, PerformanceRow, Rejection
+from streams.core.models import AnalysisRequest, Event, PerformanceRow, Rejection, SealReason
 from streams.core.rows import is_error, performance_row
 from streams.core.schema import parse
 
@@ -64,7 +65,12 @@ def ingest(
     for record in records:
         key = record.key()
         offset: int = record.offset()  # type: ignore[assignment]  # set on consumed messages
-        result = parse(key, record.value(), record.headers(), now=now_dt, max_bytes=max_bytes)
+        headers = record.headers()
+        if headers and key and control.command(headers) == control.SEAL:
+            batcher.drain(SealReason.MANUAL, now, sealed, partition=partition,
+                          key=key.decode("utf-8", "replace"))
+            continue
+        result = parse(key, record.value(), headers, now=now_dt, max_bytes=max_bytes)
         if isinstance(result, Rejection):
             rejected.append((record, result))
             continue

@@ -19,6 +19,7 @@ from streams.adapters.openai import OpenAIAnalyzer, load_prices
 from streams.analyst import MAX_WAITING, Analyst, AnalystHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.retry import RetryPolicy
+from streams.reanalyze import InsightIndex
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,7 @@ class AnalystService(AgentService):
             prices=self.prices,
             breaker=self.breaker,
             policy=RetryPolicy(s.ai_max_attempts),
+            insights=InsightIndex(self.pool),
         )
         metrics.AI_DAILY_BUDGET.set(s.ai_budget_usd_per_day or 0)
         log.info("analyst.ready", analyzer=analyst.name)

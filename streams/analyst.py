@@ -91,6 +91,10 @@ class Statuses(Protocol):
     async def set(self, batch_id: str, first_event_at: datetime, status: str) -> None: ...
 
 
+class Insights(Protocol):
+    async def exists(self, batch_id: str, analyzer: str, window_start: datetime) -> bool: ...
+
+
 class Analyst:
     def __init__(
         self,
@@ -107,8 +111,10 @@ class Analyst:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        insights: Insights | None = None,
     ) -> None:
         self.producer = producer
+        self.insights = insights
         self.history = history
         self.statuses = statuses
         self.ai = ai
@@ -136,6 +142,12 @@ class Analyst:
         await self._analyze_with_ai(request, self.ai)
 
     async def _analyze_with_ai(self, request: AnalysisRequest, ai: AIClient) -> None:
+        # A redriven, replayed or re-sent request whose insight is stored already: the
+        # call would cost money for the same insight id.
+        if self.insights is not None and await self.insights.exists(
+                request.batch_id, ai.name, request.first_event_at):
+            log.info("analyst.already_analysed", batch_id=request.batch_id, analyzer=ai.name)
+            return
         reserve = ai.token_estimate(request) + ai.max_completion_tokens
         usage: list[AIUsage] = []
         attempt = 0

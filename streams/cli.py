@@ -170,6 +170,32 @@ def produce(
 
 
 @app.command()
+def reanalyze(
+    since: Annotated[str, typer.Option(help="batches whose first event is at or after this "
+                                       "ISO 8601 time (UTC if no zone)")],
+    until: Annotated[str | None, typer.Option(help="... and before this ISO 8601 time")] = None,
+    source: Annotated[str | None, typer.Option(help="only this source's batches")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="send without asking")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, send nothing")] = False,
+) -> None:
+    """Send stored batches back to the analysts, skipping those the current analyzer
+    (OPENAI_MODEL and prompt version, or the built-in one) has analysed; shows the cost."""
+    from streams.reanalyze import run_reanalyze
+
+    run_reanalyze(_settings(), since, until, source, yes, dry_run)
+
+
+@app.command()
+def analyze(
+    batch_id: Annotated[str, typer.Option("--batch-id", help="the stored batch to analyse")],
+) -> None:
+    """Analyse one stored batch now (unless the current analyzer has already)."""
+    from streams.reanalyze import run_analyze
+
+    run_analyze(_settings(), batch_id)
+
+
+@app.command()
 def demo(
     events: Annotated[int, typer.Option(min=1, help="events to send")] = 3000,
     sources: Annotated[int, typer.Option(min=1, help="distinct source services (keys)")] = 6,

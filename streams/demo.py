@@ -1,13 +1,16 @@
 """``streamsight demo``: the whole pipeline on one machine, with nothing to install by hand.
 
 It starts the embedded broker (Tansu) and a PostgreSQL database of its own, applies
-topics.yaml and the migrations, runs a real worker as a subprocess, sends synthetic
-traffic and prints every sealed batch as it appears on ``analysis-requests``, every
-insight as it appears on ``insights``, plus the dead-letter counts by reason. Once all
-traffic is accounted for (or the age deadline has passed) and every sealed batch has its
-insight (or its analysis failed, or the insight deadline has passed) it prints a summary
-read from the ``batches`` table and the insights seen, then keeps running until Ctrl-C
-(or ``--duration``). Stopping sends SIGTERM to the worker and waits for it.
+topics.yaml and the migrations, runs a real worker with every agent (batcher, analyst and
+the three sinks) as a subprocess, sends synthetic traffic and prints every sealed batch
+as it appears on ``analysis-requests``, every insight as it appears on ``insights``, plus
+the dead-letter counts by reason. Once all traffic is accounted for (or the age deadline
+has passed) and every sealed batch has its insight (or its analysis failed, or the
+insight deadline has passed) it waits for the sinks to write what the batches and
+insights imply (bounded), then prints a summary read from the tables (batches, insights,
+api_performance, error_events, ai_usage) with the dead-letter counts seen on the topic,
+and keeps running until Ctrl-C (or ``--duration``). Stopping sends SIGTERM to the worker
+and waits for it.
 
 The worker analyses with the built-in statistical analyzer unless OPENAI_API_KEY is set
 (in the environment or ``.env``, as for the worker itself); then it asks OPENAI_MODEL.
@@ -61,6 +64,14 @@ _SUMMARY_GRACE_S = 30.0
 # retries back off for up to a minute).
 _INSIGHT_GRACE_S = 30.0
 _INSIGHT_GRACE_MODEL_S = 180.0
+# How long the summary waits for the sinks to write the rows of what the demo has seen;
+# they take well under a second at the demo's volume.
+_SINK_GRACE_S = 15.0
+_SINK_POLL_S = 0.2
+# The worker's agents: every one that fills a table (streams/app.py, known_agents).
+_AGENTS = ("batcher", "analyst", "sink-insights", "sink-errors", "sink-performance")
+# Rows of the per-source and per-type breakdowns in the summary.
+_TOP = 5
 _WORKER_STOP_TIMEOUT_S = 45.0
 _REPO_TOPICS = Path(__file__).resolve().parents[1] / "topics.yaml"
 _REASON_STYLE = {"count": "green", "age": "yellow", "shutdown": "magenta", "manual": "cyan"}
@@ -101,6 +112,10 @@ class _Tally:
     insights: dict[str, Insight] = field(default_factory=dict)
     # Batches whose analysis went to dead-letter (reason ai_failed) after the last attempt.
     analysis_failed: set[str] = field(default_factory=set)
+    # Events of the sealed batches with a duration (one api_performance row each) and
+    # error events (one error_events row each), from the batches' digests.
+    timed_events: int = 0
+    error_events: int = 0
 
     @property
     def awaiting_insight(self) -> set[str]:
@@ -116,10 +131,51 @@ class _Tally:
 
 
 @dataclass(frozen=True)
+class _SourceStats:
+    source: str
+    requests: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+
+
+@dataclass(frozen=True)
 class _Summary:
+    """What the summary reads from the tables."""
+
     batches: dict[str, int]
     events_batched: int
     sources: int
+    statuses: dict[str, int] = field(default_factory=dict)
+    severities: dict[str, int] = field(default_factory=dict)
+    analyzers: dict[str, int] = field(default_factory=dict)
+    performance_rows: int = 0
+    performance_sources: int = 0
+    top_sources: list[_SourceStats] = field(default_factory=list)
+    error_rows: int = 0
+    error_types: list[tuple[str, int]] = field(default_factory=list)
+    error_type_count: int = 0
+    ai_calls: int = 0
+    ai_outcomes: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def insights(self) -> int:
+        return sum(self.severities.values())
+
+
+@dataclass(frozen=True)
+class _SinkState:
+    """What the tables hold of what the demo saw on the topics."""
+
+    performance: int
+    event_errors: int
+    failed_analyses: int
+    insights: int
+    # Batches still SEALED: the analyst marks a batch after publishing its insight.
+    still_sealed: int
 
 
 class _Producer(threading.Thread):
@@ -227,7 +283,7 @@ class Demo:
             from streams.adapters import db
 
             asyncio.run(db.migrate(self.database_url))
-        with self.step("worker (batcher, analyst)"):
+        with self.step(f"worker ({', '.join(_AGENTS)})"):
             self.start_worker()
         self.consumer = self.watch()
         self.console.print(
@@ -317,7 +373,7 @@ class Demo:
         )
         with self.worker_log.open("wb") as log:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "streams.cli", "worker", "--agents", ",".join(_AGENTS)],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -398,6 +454,7 @@ class Demo:
                 if analysed:
                     self.stop_progress()
                     self.show_dead_letter(force=True)
+                    self.wait_for_sinks()
                     self.summary()
                     hint = (
                         "the worker keeps running: send more with\n"
@@ -477,6 +534,9 @@ class Demo:
             return  # re-published after a restart: the same batch, not a new one
         self.tally.batch_ids.add(request.batch_id)
         self.tally.events_batched += request.event_count
+        digest = request.digest
+        self.tally.timed_events += digest.latency.count if digest.latency is not None else 0
+        self.tally.error_events += digest.error_count
         self.show_batch(request)
         for show in self.deferred.pop(request.batch_id, []):
             show()
@@ -578,18 +638,102 @@ class Demo:
             self.progress.stop()
             self.progress = None
 
+    def wait_for_sinks(self) -> None:
+        """Wait (at most _SINK_GRACE_S) until the tables hold the rows of what was seen.
+
+        Targets come from the topics: a performance row per timed event and an error row
+        per error event of the sealed batches (their digests count both), an ai_failed row
+        per analysis on dead-letter, an insight row per insight, and no batch left SEALED
+        but those still waiting for their insight. More is fine: events of batches still
+        open already have their rows.
+        """
+        tally = self.tally
+        started = time.monotonic()
+        deadline = started + _SINK_GRACE_S
+        state = self.read_sink_state()
+        with self.console.status("waiting for the sinks ..."):
+            while not self.sinks_caught_up(state) and time.monotonic() < deadline:
+                if self.worker is None or self.worker.poll() is not None:
+                    break
+                time.sleep(_SINK_POLL_S)
+                state = self.read_sink_state()
+        if self.sinks_caught_up(state):
+            return
+        behind = [
+            f"{what} {have:,} of {want:,} rows"
+            for what, have, want in (
+                ("api_performance", state.performance, tally.timed_events),
+                ("error_events", state.event_errors, tally.error_events),
+                ("ai_failed errors", state.failed_analyses, len(tally.analysis_failed)),
+                ("insights", state.insights, len(tally.insights)),
+            )
+            if have < want
+        ]
+        awaiting = len(tally.awaiting_insight)
+        if state.still_sealed > awaiting:
+            behind.append(f"{state.still_sealed - awaiting:,} analysed batches still SEALED")
+        self.console.print(
+            f"[yellow]the sinks have not caught up after {time.monotonic() - started:.0f}s: "
+            f"{', '.join(behind)}[/] (see {_relative(self.worker_log)})",
+            soft_wrap=True,
+        )
+
+    def sinks_caught_up(self, state: _SinkState) -> bool:
+        tally = self.tally
+        return (
+            state.performance >= tally.timed_events
+            and state.event_errors >= tally.error_events
+            and state.failed_analyses >= len(tally.analysis_failed)
+            and state.insights >= len(tally.insights)
+            and state.still_sealed <= len(tally.awaiting_insight)
+        )
+
+    def read_sink_state(self) -> _SinkState:
+        async def query(conn: Any) -> _SinkState:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM api_performance) AS performance,"
+                " (SELECT count(*) FROM error_events WHERE event_id IS NOT NULL) AS event_errors,"
+                " (SELECT count(*) FROM error_events"
+                "   WHERE event_id IS NULL AND type = 'ai_failed') AS failed_analyses,"
+                " (SELECT count(*) FROM insights) AS insights,"
+                " (SELECT count(*) FROM batches WHERE status = 'SEALED') AS still_sealed"
+            )
+            return _SinkState(**{key: int(value) for key, value in row.items()})
+
+        state: _SinkState = self.read_database(query)
+        return state
+
+    def read_database(self, query: Callable[[Any], Any]) -> Any:
+        """``await query(connection)`` on the demo database; RetryableError when it fails."""
+        import asyncpg
+
+        async def run() -> Any:
+            conn = await asyncpg.connect(self.database_url, timeout=10)
+            try:
+                return await query(conn)
+            finally:
+                await conn.close()
+
+        try:
+            return asyncio.run(run())
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise RetryableError(f"cannot read the demo database: {exc}") from None
+
     def summary(self) -> None:
-        """Print the summary from the batches table; True when everything adds up."""
+        """Print the summary from the tables; summary_balanced tells whether every event
+        is accounted for."""
         self.summary_shown = True
-        stats = self.read_batches()
+        stats = self.read_tables()
         report = self.producer.report if self.producer is not None else None
         dead = self.tally.dead_lettered
         total = sum(stats.batches.values())
         by_reason = ", ".join(f"{k} {v}" for k, v in sorted(stats.batches.items()))
+        by_status = ", ".join(f"{k} {v}" for k, v in sorted(stats.statuses.items()))
         lines = [
             "",
-            f"[bold]summary[/] [dim](batches table of {self.opts.database})[/]",
-            f"  batches          {total:>7,}  ({by_reason or 'none'})",
+            f"[bold]summary[/] [dim](tables of {self.opts.database}; dead-letter from its "
+            "topic)[/]",
+            f"  batches          {total:>7,}  ({by_reason or 'none'}; {by_status or 'none'})",
             f"  events batched   {stats.events_batched:>7,}  from {stats.sources} sources",
             f"  dead-lettered    {dead:>7,}  ({_reasons(self.tally.dead_letter) or 'none'})",
         ]
@@ -606,23 +750,21 @@ class Demo:
                 f"  {stats.events_batched:,} batched + {dead:,} dead-lettered = "
                 f"{stats.events_batched + dead:,} of {produced:,} produced: {verdict}"
             )
-        lines.extend(self.insight_summary())
+        lines.extend(self.insight_summary(stats))
+        lines.extend(self.table_summary(stats))
         self.console.print("\n".join(lines) + "\n", soft_wrap=True)
 
-    def insight_summary(self) -> list[str]:
-        insights = self.tally.insights.values()
-        severities = Counter(insight.analysis.severity for insight in insights)
+    def insight_summary(self, stats: _Summary) -> list[str]:
         by_severity = ", ".join(
-            f"[{_SEVERITY_STYLE[s]}]{s.value}[/] {severities[s]}" for s in _SEVERITIES
+            f"[{_SEVERITY_STYLE[s]}]{s.value}[/] {stats.severities.get(s.value, 0)}"
+            for s in _SEVERITIES
         )
-        analyzers = Counter(insight.analyzer for insight in insights)
+        analyzers = Counter(stats.analyzers)
         if len(analyzers) > 1:
             written_by = ", ".join(f"{escape(a)} {n}" for a, n in analyzers.most_common())
         else:
             written_by = escape(next(iter(analyzers), self.analyzer))
-        lines = [
-            f"  insights         {len(self.tally.insights):>7,}  ({by_severity}) by {written_by}"
-        ]
+        lines = [f"  insights         {stats.insights:>7,}  ({by_severity}) by {written_by}"]
         failed = len(self.tally.analysis_failed)
         if failed:
             lines.append(
@@ -640,29 +782,113 @@ class Demo:
             lines.append(f"  {batches:,} sealed batches seen: [green]{verdict}[/]")
         return lines
 
-    def read_batches(self) -> _Summary:
-        import asyncpg
-
-        async def query() -> _Summary:
-            conn = await asyncpg.connect(self.database_url, timeout=10)
-            try:
-                rows = await conn.fetch(
-                    "SELECT seal_reason, count(*) AS n, sum(event_count) AS events "
-                    "FROM batches GROUP BY seal_reason"
+    def table_summary(self, stats: _Summary) -> list[str]:
+        """api_performance per source, error_events per type, ai_usage."""
+        tally = self.tally
+        lines = [
+            f"  api_performance  {stats.performance_rows:>7,}  rows "
+            f"({tally.timed_events:,} timed events in the sealed batches)"
+        ]
+        if stats.top_sources:
+            lines.append(
+                f"    [dim]{'source':<16} {'requests':>8} {'error %':>8} "
+                f"{'p50 ms':>8} {'p95 ms':>8}[/]"
+            )
+            for row in stats.top_sources:
+                rate = 100 * row.errors / row.requests if row.requests else 0.0
+                lines.append(
+                    f"    {escape(f'{row.source:<16.16}')} {row.requests:>8,} "
+                    f"{'[red]' if row.errors else ''}{rate:>7.1f}%{'[/]' if row.errors else ''} "
+                    f"{row.p50_ms:>8.1f} {row.p95_ms:>8.1f}"
                 )
-                sources = await conn.fetchval("SELECT count(DISTINCT source) FROM batches")
-            finally:
-                await conn.close()
+            more = stats.performance_sources - len(stats.top_sources)
+            if more > 0:
+                lines.append(f"    [dim]and {more} more source{'s' if more > 1 else ''}[/]")
+        types = ", ".join(f"{escape(kind)} {n:,}" for kind, n in stats.error_types)
+        more = stats.error_type_count - len(stats.error_types)
+        more_types = f"; {more} more type{'s' if more > 1 else ''}" if more > 0 else ""
+        lines.append(
+            f"  error_events     {stats.error_rows:>7,}  rows "
+            f"({types or 'none'}{more_types}; {tally.error_events:,} error events in the "
+            "sealed batches)"
+        )
+        outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(stats.ai_outcomes.items()))
+        tokens = stats.prompt_tokens + stats.completion_tokens
+        if stats.ai_calls:
+            note = f"({outcomes})"
+        elif self.analyzer == analysis.ANALYZER_VERSION:
+            note = "[dim](the built-in analyzer calls no model)[/]"
+        else:
+            note = ""
+        lines.append(
+            f"  ai_usage         {stats.ai_calls:>7,}  calls, {tokens:,} tokens "
+            f"({stats.prompt_tokens:,} prompt, {stats.completion_tokens:,} completion), "
+            f"${stats.cost_usd:.4f} {note}".rstrip()
+        )
+        return lines
+
+    def read_tables(self) -> _Summary:
+        async def query(conn: Any) -> _Summary:
+            batches = await conn.fetch(
+                "SELECT seal_reason, count(*) AS n, sum(event_count) AS events "
+                "FROM batches GROUP BY seal_reason"
+            )
+            sources = await conn.fetchval("SELECT count(DISTINCT source) FROM batches")
+            statuses = await conn.fetch("SELECT status, count(*) AS n FROM batches GROUP BY 1")
+            insights = await conn.fetch(
+                "SELECT severity, analyzer, count(*) AS n FROM insights GROUP BY 1, 2"
+            )
+            performance = await conn.fetchrow(
+                "SELECT count(*) AS n, count(DISTINCT source) AS sources FROM api_performance"
+            )
+            top_sources = await conn.fetch(
+                "SELECT source, count(*) AS requests,"
+                " count(*) FILTER (WHERE NOT success) AS errors,"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50_ms,"
+                " percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95_ms"
+                " FROM api_performance GROUP BY source ORDER BY requests DESC, source"
+                " LIMIT $1",
+                _TOP,
+            )
+            error_types = await conn.fetch(
+                "SELECT type, count(*) AS n FROM error_events GROUP BY type ORDER BY n DESC, type"
+            )
+            usage = await conn.fetch(
+                "SELECT outcome, count(*) AS calls, sum(prompt_tokens) AS prompt,"
+                " sum(completion_tokens) AS completion, sum(cost_usd) AS cost"
+                " FROM ai_usage GROUP BY outcome"
+            )
             return _Summary(
-                batches={row["seal_reason"]: int(row["n"]) for row in rows},
-                events_batched=sum(int(row["events"]) for row in rows),
+                batches={row["seal_reason"]: int(row["n"]) for row in batches},
+                events_batched=sum(int(row["events"]) for row in batches),
                 sources=int(sources or 0),
+                statuses={row["status"]: int(row["n"]) for row in statuses},
+                severities=_sum_by(insights, "severity"),
+                analyzers=_sum_by(insights, "analyzer"),
+                performance_rows=int(performance["n"]),
+                performance_sources=int(performance["sources"]),
+                top_sources=[
+                    _SourceStats(
+                        row["source"],
+                        int(row["requests"]),
+                        int(row["errors"]),
+                        float(row["p50_ms"]),
+                        float(row["p95_ms"]),
+                    )
+                    for row in top_sources
+                ],
+                error_rows=sum(int(row["n"]) for row in error_types),
+                error_types=[(row["type"], int(row["n"])) for row in error_types[:_TOP]],
+                error_type_count=len(error_types),
+                ai_calls=sum(int(row["calls"]) for row in usage),
+                ai_outcomes={row["outcome"]: int(row["calls"]) for row in usage},
+                prompt_tokens=sum(int(row["prompt"] or 0) for row in usage),
+                completion_tokens=sum(int(row["completion"] or 0) for row in usage),
+                cost_usd=sum(float(row["cost"] or 0) for row in usage),
             )
 
-        try:
-            return asyncio.run(query())
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            raise RetryableError(f"cannot read the batches table: {exc}") from None
+        result: _Summary = self.read_database(query)
+        return result
 
     # --- stopping ---------------------------------------------------------------------
 
@@ -741,6 +967,14 @@ def _rate(rate: float) -> str:
 
 def _reasons(counts: Counter[str]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.most_common())
+
+
+def _sum_by(rows: Any, column: str) -> dict[str, int]:
+    """Sum of the ``n`` column of ``rows`` by ``column``."""
+    sums: Counter[str] = Counter()
+    for row in rows:
+        sums[row[column]] += int(row["n"])
+    return dict(sums)
 
 
 def _text(value: str | bytes | None) -> str:

@@ -243,6 +243,91 @@ def demo(
     )
 
 
+dlq_app = typer.Typer(
+    help="Inspect the dead-letter topic and send messages back after a fix.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+
+_Reason = Annotated[
+    list[str] | None,
+    typer.Option("--reason", help="only this dlq.reason, e.g. malformed_json (repeatable)"),
+]
+_OriginTopic = Annotated[
+    list[str] | None,
+    typer.Option("--origin-topic", help="only messages that came from this topic (repeatable)"),
+]
+_Since = Annotated[
+    str | None,
+    typer.Option(help="dead-lettered at or after: ISO 8601 (UTC if no zone) or ago: 30m, 2h, 7d"),
+]
+_Until = Annotated[
+    str | None, typer.Option(help="dead-lettered before: ISO 8601 or ago: 30m, 2h, 7d")
+]
+_Redriven = Annotated[
+    int | None,
+    typer.Option(min=0, help="only messages redriven exactly this many times before (0 = never)"),
+]
+_Limit = Annotated[int | None, typer.Option(min=1, help="at most this many, oldest first")]
+_Json = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
+_Idle = Annotated[
+    float, typer.Option(min=0.2, help="seconds without a new message that end the read")
+]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    since: _Since = None, until: _Until = None, as_json: _Json = False, idle: _Idle = 1.5
+) -> None:
+    """Count dead-letter messages by reason and by origin topic."""
+    from streams import dlq
+
+    dlq.run_list(_settings().kafka_bootstrap_servers, dlq.selection(since=since, until=until),
+                 as_json, idle)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    reason: _Reason = None, origin_topic: _OriginTopic = None, since: _Since = None,
+    until: _Until = None, redriven: _Redriven = None, limit: _Limit = None,
+    as_json: _Json = False, idle: _Idle = 1.5,
+) -> None:
+    """Show dead-letter messages: reason, error, field, origin, key and value."""
+    from streams import dlq
+
+    chosen = dlq.selection(reason, origin_topic, since, until, redriven)
+    dlq.run_show(_settings().kafka_bootstrap_servers, chosen, limit, as_json, idle)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    reason: _Reason = None, origin_topic: _OriginTopic = None, since: _Since = None,
+    until: _Until = None, redriven: _Redriven = None,
+    offset: Annotated[
+        list[str] | None,
+        typer.Option("--offset", help="a dead-letter partition:offset as `dlq show` prints "
+                     "it (repeatable); combined with the filters"),
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="every dead-letter message (when no filter is given)")
+    ] = False,
+    limit: _Limit = None,
+    execute: Annotated[
+        bool, typer.Option("--execute", help="send them (default: dry run, list only)")
+    ] = False,
+    as_json: _Json = False, idle: _Idle = 1.5,
+) -> None:
+    """Send dead-letter messages back to their original topic (dry run unless --execute).
+
+    Original key and value, header dlq.redrive = times sent back; dead-letter keeps all.
+    """
+    from streams import dlq
+
+    chosen = dlq.selection(reason, origin_topic, since, until, redriven, offset)
+    dlq.run_redrive(_settings().kafka_bootstrap_servers, chosen, limit, execute, as_json,
+                    idle, every=every)
+
+
 replay_app = typer.Typer(
     help="Replay: move a consumer group's offsets, copy a time range between topics.",
     no_args_is_help=True,

@@ -113,6 +113,28 @@ def worker(
 
 
 @app.command()
+def status(
+    worker: Annotated[
+        list[str] | None,
+        typer.Option(help="a worker's web address (repeatable; default: this host's WEB_PORT)"),
+    ] = None,
+    insights: Annotated[int, typer.Option(min=0, help="latest insights to show")] = 5,
+) -> None:
+    """One screen: topics, lag per group, workers' open batches and breaker, batches by
+    status, dead-letter counts by reason, the latest insights."""
+    from rich.console import Console
+
+    from streams import status as state
+
+    settings = _settings()
+    urls = worker or [f"http://127.0.0.1:{settings.web_port}"]
+    snapshot = state.gather(settings, urls, insights)
+    state.render(snapshot, Console())
+    if snapshot.problems:
+        raise StreamsightError("; ".join(snapshot.problems))
+
+
+@app.command()
 def seal(
     source: Annotated[str, typer.Option(help="the source (event key) whose batch to seal")],
 ) -> None:

@@ -1,0 +1,174 @@
+"""``streamsight status``: one screen on the deployment.
+
+Topics and their sizes, consumer lag per group (from the broker), what the workers hold
+in memory (open batches, breaker state: from their /metrics), batches by status,
+dead-letter counts by reason, and the latest insights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from confluent_kafka import KafkaException, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
+
+from streams import config, dlq
+from streams.adapters.kafka import make_admin
+from streams.adapters.lag import GroupLag, LagReader, agent_groups
+from streams.adapters.metrics import BREAKER_STATES
+
+_BREAKER_NAMES = {v: k for k, v in BREAKER_STATES.items()}
+_TIMEOUT_S = 5.0
+
+
+@dataclass
+class WorkerView:
+    url: str
+    error: str | None = None
+    open_batches: float | None = None
+    breaker: str | None = None
+    partitions: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Status:
+    topics: list[tuple[str, int, int]]  # name, partitions, messages
+    lag: list[GroupLag]
+    workers: list[WorkerView]
+    batches: dict[str, int]
+    dead_letters: dlq.Counts | None
+    insights: list[dict[str, Any]]
+    problems: list[str]
+
+
+def _topics(bootstrap: str) -> list[tuple[str, int, int]]:
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+    admin = make_admin(bootstrap)
+    metadata = admin.list_topics(timeout=_TIMEOUT_S).topics
+    names = sorted(n for n in metadata if not n.startswith("__"))
+    tps = [TopicPartition(n, p) for n in names for p in metadata[n].partitions]
+    if not tps:
+        return []
+    latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps})  # type: ignore[no-untyped-call]
+    earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps})  # type: ignore[no-untyped-call]
+    sizes: dict[str, int] = dict.fromkeys(names, 0)
+    for tp in tps:
+        high = latest[tp].result().offset
+        low = earliest[tp].result().offset
+        sizes[tp.topic] += max(0, high - low)
+    return [(n, len(metadata[n].partitions), sizes[n]) for n in names]
+
+
+def _worker(url: str) -> WorkerView:
+    view = WorkerView(url)
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=_TIMEOUT_S) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        view.error = f"not reachable ({getattr(exc, 'reason', exc)})"
+        return view
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "streamsight_open_batches":
+                view.open_batches = sample.value
+            elif sample.name == "streamsight_ai_breaker_state":
+                view.breaker = _BREAKER_NAMES.get(int(sample.value), str(sample.value))
+            elif sample.name == "streamsight_partitions_assigned":
+                view.partitions[sample.labels["group"]] = sample.value
+    return view
+
+
+async def _database(dsn: str, insights: int) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    conn = await asyncpg.connect(dsn, timeout=_TIMEOUT_S)
+    try:
+        statuses = {r["status"]: r["n"] for r in await conn.fetch(
+            "SELECT status, count(*) AS n FROM batches GROUP BY status ORDER BY status")}
+        latest = [dict(r) for r in await conn.fetch(
+            "SELECT window_start, source, severity, analyzer, summary FROM insights "
+            "ORDER BY window_start DESC, created_at DESC LIMIT $1", insights)]
+    finally:
+        await conn.close()
+    return statuses, latest
+
+
+def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
+           dead_letters: bool = True) -> Status:
+    """Everything ``status`` shows; a part that cannot be read is named in ``problems``."""
+    problems: list[str] = []
+    bootstrap = settings.kafka_bootstrap_servers
+    topics: list[tuple[str, int, int]] = []
+    lag: list[GroupLag] = []
+    try:
+        topics = _topics(bootstrap)
+        reader = LagReader(bootstrap, agent_groups(settings.app_id, config.AGENT_TOPICS),
+                           client_id=f"{settings.app_id}-status")
+        try:
+            lag = reader.read()
+        finally:
+            reader.close()
+    except KafkaException as exc:
+        problems.append(f"Kafka at {bootstrap}: {exc}")
+    counts = None
+    if dead_letters and topics:
+        counts = dlq.count(dlq.read(bootstrap, idle=1.0))
+    statuses: dict[str, int] = {}
+    latest: list[dict[str, Any]] = []
+    try:
+        statuses, latest = asyncio.run(_database(settings.database_url, insights))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        problems.append(f"database: {exc}")
+    return Status(topics, lag, [_worker(u) for u in worker_urls], statuses, counts, latest,
+                  problems)
+
+
+def render(status: Status, console: Console) -> None:
+    topics = Table(title="topics", title_justify="left")
+    for column in ("topic", "partitions", "messages"):
+        topics.add_column(column, justify="right" if column != "topic" else "left")
+    for name, partitions, messages in status.topics:
+        topics.add_row(name, str(partitions), f"{messages:,}")
+    console.print(topics)
+
+    lag = Table(title="consumer lag (from the broker)", title_justify="left")
+    for column in ("group", "topic", "state", "members", "lag (messages)", "oldest (s)"):
+        lag.add_column(column)
+    for group in status.lag:
+        lag.add_row(group.group, group.topic, group.state, str(group.members),
+                    f"{group.messages:,}", f"{group.seconds:,.0f}")
+    console.print(lag)
+
+    workers = Table(title="workers", title_justify="left")
+    for column in ("worker", "open batches", "breaker", "partitions"):
+        workers.add_column(column)
+    for w in status.workers:
+        if w.error:
+            workers.add_row(w.url, "-", "-", f"[red]{w.error}[/]")
+            continue
+        held = ", ".join(f"{g}: {n:.0f}" for g, n in sorted(w.partitions.items()))
+        workers.add_row(w.url, f"{w.open_batches or 0:.0f}", w.breaker or "-", held or "-")
+    console.print(workers)
+
+    batches = ", ".join(f"{s} {n:,}" for s, n in status.batches.items()) or "none"
+    console.print(f"[bold]batches:[/] {batches}")
+    if status.dead_letters is not None:
+        reasons = ", ".join(f"{r} {n:,}" for r, n in status.dead_letters.by_reason.most_common())
+        console.print(f"[bold]dead-letter:[/] {status.dead_letters.total:,}"
+                      + (f" ({reasons})" if reasons else ""))
+
+    insights = Table(title="latest insights", title_justify="left")
+    for column in ("window start", "source", "severity", "analyzer", "summary"):
+        insights.add_column(column, overflow="fold")
+    for row in status.insights:
+        insights.add_row(row["window_start"].isoformat(timespec="seconds"), row["source"],
+                         row["severity"], row["analyzer"], row["summary"])
+    console.print(insights)
+    for problem in status.problems:
+        console.print(f"[red]could not read {problem}[/]")

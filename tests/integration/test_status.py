@@ -1,0 +1,77 @@
+"""`streamsight status`: one screen, read from the broker, the workers and the database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import asyncpg
+
+from streams.embedded import EmbeddedBroker
+from tests.integration.conftest import WorkerFactory
+from tests.integration.harness import ROOT, events_batched, produce, worker_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
+                          env={**os.environ, **env, "COLUMNS": "200"}, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+async def test_status_shows_the_whole_pipeline(
+    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+) -> None:
+    port = free_port()
+    env = worker_env(fresh_broker, migrated_database, WEB_ENABLED="true", WEB_PORT=str(port),
+                     BATCH_MAX_AGE_SECONDS="600", BATCH_MAX_EVENTS="50",
+                     LAG_INTERVAL_SECONDS="1")
+    worker = workers("status", env, "batcher,analyst,sink-insights")
+    traffic = await asyncio.to_thread(produce, fresh_broker.bootstrap, 500, sources=3,
+                                      seed=9, invalid_every=25)
+    deadline = time.monotonic() + 90
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        # Count-sealed batches analysed; the rest stays open (age limit ten minutes).
+        while not (await conn.fetchval("SELECT count(*) FROM insights") >= 7):
+            assert time.monotonic() < deadline, worker.log_text()[-3000:]
+            await asyncio.sleep(0.5)
+        insights = await conn.fetchval("SELECT count(*) FROM insights")
+        latest = await conn.fetchval(
+            "SELECT source FROM insights ORDER BY window_start DESC, created_at DESC LIMIT 1")
+    finally:
+        await conn.close()
+    open_events = len(traffic.valid) - await events_batched(migrated_database)
+    assert open_events > 0
+
+    result = await asyncio.to_thread(cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for topic in ("events", "analysis-requests", "insights", "dead-letter"):
+        assert topic in out
+    assert "it-batcher" in out and "it-analyst" in out
+    row = next(line for line in out.splitlines() if f"http://127.0.0.1:{port}" in line)
+    assert "closed" in row and "it-batcher: 4" in row
+    assert f"dead-letter: {len(traffic.invalid)} " in out
+    assert "ANALYZED" in out and latest in out
+    assert f"{insights}" in out
+
+    assert await asyncio.to_thread(worker.stop) == 0
+    after = await asyncio.to_thread(cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
+    assert after.returncode == 0, after.stderr
+    assert "not reachable" in after.stdout
+
+    down = await asyncio.to_thread(
+        cli, {**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:9/none"}, "status",
+        "--worker", f"http://127.0.0.1:{port}")
+    assert down.returncode == 1
+    assert down.stderr.strip().startswith("streamsight: database:"), down.stderr

@@ -379,8 +379,8 @@ def replay_reset(
     """Move a stopped consumer group's committed offsets (dry run unless --execute).
 
     Refused while the group has active members. Replaying the batcher is safe: batches
-    recorded in `batches` are re-formed identically, so the sinks add no rows (the
-    analyst does analyse the re-published requests again).
+    recorded in `batches` are re-formed identically, so the sinks add no rows, and the
+    analyst skips AI calls for batches whose insight is stored.
     """
     from streams import replay
 

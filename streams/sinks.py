@@ -1,8 +1,9 @@
 """Sinks: records from Kafka into TimescaleDB tables, idempotent and durable before commit.
 
 A ``SinkHandler`` is a FetchLoop handler: ``records`` turns a fetch into rows in memory
-and ``settle`` writes them (COPY into staging, INSERT ... ON CONFLICT DO NOTHING, one
-transaction for all tables) before the offsets are committed. A replay or a restart
+and ``settle`` writes them (one transaction for all tables, COPY with a staging table and
+INSERT ... ON CONFLICT DO NOTHING when rows already exist: see adapters/copy.py) before
+the offsets are committed. A replay or a restart
 re-reads what was not committed and writes nothing twice: every table's key is
 deterministic. A message that cannot be read goes to ``dead-letter`` with its reason.
 """

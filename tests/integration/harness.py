@@ -246,3 +246,35 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def expected_rows(bootstrap: str) -> tuple[set[str], set[str]]:
+    """The event ids that must have an api_performance row (timed events) and an
+    error_events row (error events), from what is on the events topic."""
+    from datetime import UTC, datetime
+
+    from streams.core.models import Event
+    from streams.core.rows import is_error
+    from streams.core.schema import parse
+
+    timed: set[str] = set()
+    failed: set[str] = set()
+    for key, value, headers in read_topic(bootstrap, "events", idle=2.0):
+        event = parse(key, value, list(headers.items()), now=datetime.now(UTC))
+        if isinstance(event, Event):
+            if event.http is not None and event.http.duration_ms is not None:
+                timed.add(event.event_id)
+            if is_error(event):
+                failed.add(event.event_id)
+    return timed, failed
+
+
+async def stored_rows(dsn: str) -> tuple[list[str], list[str]]:
+    """Event ids in api_performance and in error_events (event rows), duplicates kept."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return ([r[0] for r in await conn.fetch("SELECT event_id FROM api_performance")],
+                [r[0] for r in await conn.fetch(
+                    "SELECT event_id FROM error_events WHERE event_id IS NOT NULL")])
+    finally:
+        await conn.close()

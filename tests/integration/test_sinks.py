@@ -10,12 +10,10 @@ import asyncpg
 import msgspec
 from confluent_kafka import Producer
 
-from streams.core.models import Event, PerformanceRow
-from streams.core.rows import is_error
-from streams.core.schema import parse
+from streams.core.models import PerformanceRow
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import produce, read_topic, worker_env
+from tests.integration.harness import expected_rows, produce, read_topic, worker_env
 from tests.support.ai_server import AIServer, Reply
 
 
@@ -205,16 +203,8 @@ async def test_batcher_rows_reach_grafana_tables_once_across_a_crash(
                             traffic=traffic)
     worker = workers("rows-again", env, agents)
 
-    events: dict[str, Event] = {}
-    for key, value, headers in await asyncio.to_thread(
-            read_topic, fresh_broker.bootstrap, "events", idle=2.0):
-        parsed = parse(key, value, list(headers.items()), now=datetime.now(UTC),
-                       max_bytes=65536)
-        if isinstance(parsed, Event):
-            events[parsed.event_id] = parsed
-    timed = {i for i, e in events.items() if e.http is not None and e.http.duration_ms is not None}
-    failed = {i for i, e in events.items() if is_error(e)}
-    assert timed and failed and events.keys() == traffic.valid.keys()
+    timed, failed = await asyncio.to_thread(expected_rows, fresh_broker.bootstrap)
+    assert timed and failed and timed | failed <= traffic.valid.keys()
 
     deadline = time.monotonic() + 90
     while True:

@@ -1,8 +1,9 @@
 """The dead-letter topic for people: ``streamsight dlq list | show | redrive``.
 
 Dead-letter is read whole, from the beginning of every partition, by an assigned consumer
-that commits nothing (no consumer group to join or leave behind), until no message has
-arrived for ``idle`` seconds: some brokers (Tansu) under-report a partition's end offset,
+that commits nothing (no consumer group to join or leave behind). A partition counts as
+read when nothing has come from it for ``idle`` seconds, or when it gives a message newer
+than the start of the read: some brokers (Tansu) under-report a partition's end offset,
 so the end offsets alone cannot say when everything has been read.
 
 Redrive sends chosen messages back to the topic they came from (``dlq.origin.topic``),
@@ -35,6 +36,8 @@ from streams.errors import ConfigError, RetryableError, StreamsightError
 DEFAULT_IDLE_S = 1.5
 #: Seconds to wait for the first fetch answer before giving up on an unresponsive broker.
 _FIRST_FETCH_S = 15.0
+#: Clock skew allowed between this host and the producers of dead-letter messages.
+_SKEW_MS = 5_000
 _PREVIEW_CHARS = 60
 _DELIVERY_TIMEOUT_S = 30
 
@@ -352,24 +355,35 @@ def read(bootstrap: str, topic: str = config.DEAD_LETTER_TOPIC,
             raise ConfigError(f"topic {topic} does not exist (streamsight topics apply)")
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         started = time.monotonic()
-        last: float | None = None  # when the broker last answered with a message or an end
-        while True:
+        # A message dead-lettered after this (with room for clock skew between hosts) is
+        # past the end this read set out to reach: its partition is done even while it
+        # keeps growing, as dead-letter may during an incident.
+        cutoff_ms = int(time.time() * 1000) + _SKEW_MS
+        answered: dict[int, float] = {}  # partition -> when it last gave a message or end
+        done: set[int] = set()
+        while len(done) < partitions:
             now = time.monotonic()
-            if last is None and now - started > _FIRST_FETCH_S:
-                raise RetryableError(f"reading {topic}: no answer from {bootstrap} "
-                                     f"within {_FIRST_FETCH_S:.0f}s")
-            if last is not None and now - last >= idle:
-                return
+            if now - started > _FIRST_FETCH_S and len(answered) < partitions:
+                silent = sorted(set(range(partitions)) - set(answered))
+                raise RetryableError(f"reading {topic}: no answer from {bootstrap} for "
+                                     f"partition(s) {silent} within {_FIRST_FETCH_S:.0f}s")
+            done.update(p for p, at in answered.items() if now - at >= idle)
             for message in consumer.consume(1000, 0.2):
+                partition = message.partition() or 0
                 err = message.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
                         raise RetryableError(f"reading {topic}: {err.str()}")
-                    last = last or time.monotonic()
+                    answered[partition] = time.monotonic()
                     continue
-                last = time.monotonic()
+                if partition in done:
+                    continue
+                answered[partition] = time.monotonic()
                 ts_type, ts_ms = message.timestamp()
-                yield from_message(message.partition() or 0, message.offset() or 0,
+                if ts_type and ts_ms > cutoff_ms:
+                    done.add(partition)
+                    continue
+                yield from_message(partition, message.offset() or 0,
                                    ts_ms if ts_type else -1, message.key(), message.value(),
                                    message.headers())
     finally:

@@ -8,7 +8,11 @@ import sys
 
 import pytest
 
-COMMANDS = [[], ["worker"], ["produce"], ["demo"], ["topics", "apply"], ["db", "migrate"]]
+COMMANDS = [
+    [], ["worker"], ["produce"], ["demo"], ["topics", "apply"], ["db", "migrate"], ["status"],
+    ["seal"], ["lag-exporter"], ["reanalyze"], ["analyze"], ["replay", "reset"],
+    ["replay", "copy"], ["dlq", "list"], ["dlq", "show"], ["dlq", "redrive"],
+]
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -82,7 +82,8 @@ class Estimate:
         if not self.calls:
             return f"estimated cost: $0.00 (nothing to send; {self.basis})"
         price = f"${self.cost_usd:.6f}" if self.priced else "unknown (model not in the price table)"
-        return (f"estimated cost: {price} for {self.calls} calls, "
+        calls = f"{self.calls} call" + ("s" if self.calls != 1 else "")
+        return (f"estimated cost: {price} for {calls}, "
                 f"{self.prompt_tokens} prompt + {self.completion_tokens} completion tokens "
                 f"({self.basis})")
 

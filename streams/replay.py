@@ -23,8 +23,8 @@ after the offset it starts from and re-forms those batches from the same events 
 ids, same contents, same seal times); events of batches that ended before that offset are
 skipped. A replay therefore re-publishes identical analysis requests and performance and
 error rows, and the sinks, which insert with ON CONFLICT DO NOTHING, add no rows. The
-analyst does analyse re-published requests again (with OpenAI: new calls, new spend and
-new ``ai_usage`` rows), while the insights keep their ids.
+analyst skips the AI call for a request whose insight is stored already (the built-in
+analyzer, which costs nothing, answers again under the same insight id).
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ class Offsets:
 
     def partitions(self) -> list[int]:
         try:
-            metadata = self.admin.list_topics(self.topic, timeout=TIMEOUT_S)
+            # All topics: a request naming the topic may create it (auto-create).
+            metadata = self.admin.list_topics(timeout=TIMEOUT_S)
         except KafkaException as exc:
             raise kafka_error(exc, f"reading the partitions of {self.topic}") from exc
         found = metadata.topics.get(self.topic)

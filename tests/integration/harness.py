@@ -278,3 +278,16 @@ async def stored_rows(dsn: str) -> tuple[list[str], list[str]]:
                     "SELECT event_id FROM error_events WHERE event_id IS NOT NULL")])
     finally:
         await conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``streamsight <args>`` as a user runs it, with a wide terminal for its tables."""
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
+                          env={**os.environ, "COLUMNS": "200", **env}, capture_output=True,
+                          text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)

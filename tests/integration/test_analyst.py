@@ -4,7 +4,6 @@ OpenAI-compatible server driven by the real ``openai`` client (guarantee 4)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.request
 from typing import Any
@@ -19,6 +18,7 @@ from tests.integration.harness import (
     Worker,
     batch_rows,
     events_batched,
+    free_port,
     produce,
     read_topic,
     wait_for_log,
@@ -276,10 +276,6 @@ async def test_slow_provider_does_not_hold_up_batching(
     await asyncio.to_thread(worker.stop)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape(url: str, content_type: str = "text/plain") -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import ROOT, produce, worker_env
+from tests.integration.harness import ROOT, free_port, produce, worker_env
 
 SECRET = "sk-test-ops-never-shown-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def get(url: str) -> tuple[int, str]:

@@ -13,7 +13,13 @@ from confluent_kafka import Producer
 from streams.core.models import PerformanceRow
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import expected_rows, produce, read_topic, worker_env
+from tests.integration.harness import (
+    events_batched,
+    expected_rows,
+    produce,
+    read_topic,
+    worker_env,
+)
 from tests.support.ai_server import AIServer, Reply
 
 
@@ -25,14 +31,6 @@ async def counts(dsn: str) -> tuple[int, int, int]:
             int(await conn.fetchval("SELECT count(*) FROM insights")),
             int(await conn.fetchval("SELECT count(*) FROM ai_usage")),
         )
-    finally:
-        await conn.close()
-
-
-async def batched_events(dsn: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval("SELECT coalesce(sum(event_count), 0) FROM batches"))
     finally:
         await conn.close()
 
@@ -52,7 +50,7 @@ async def test_insights_and_usage_land_once_even_when_replayed(
         batches, insights, usage = await counts(migrated_database)
         # Every event sealed (by age) and analysed: stopping now seals nothing more.
         if (insights == batches == usage
-                and await batched_events(migrated_database) == len(traffic.valid)):
+                and await events_batched(migrated_database) == len(traffic.valid)):
             break
         assert time.monotonic() < deadline, worker.log_text()[-3000:]
         await asyncio.sleep(0.5)

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import asyncpg
 
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import ROOT, events_batched, produce, worker_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
-                          env={**os.environ, **env, "COLUMNS": "200"}, capture_output=True,
-                          text=True, timeout=120, check=False)
+from tests.integration.harness import events_batched, free_port, produce, run_cli, worker_env
 
 
 async def test_status_shows_the_whole_pipeline(
@@ -53,7 +37,7 @@ async def test_status_shows_the_whole_pipeline(
     open_events = len(traffic.valid) - await events_batched(migrated_database)
     assert open_events > 0
 
-    result = await asyncio.to_thread(cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
+    result = await asyncio.to_thread(run_cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for topic in ("events", "analysis-requests", "insights", "dead-letter"):
@@ -66,12 +50,12 @@ async def test_status_shows_the_whole_pipeline(
     assert f"{insights}" in out
 
     assert await asyncio.to_thread(worker.stop) == 0
-    after = await asyncio.to_thread(cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
+    after = await asyncio.to_thread(run_cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
     assert after.returncode == 0, after.stderr
     assert "not reachable" in after.stdout
 
     down = await asyncio.to_thread(
-        cli, {**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:9/none"}, "status",
+        run_cli, {**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1:9/none"}, "status",
         "--worker", f"http://127.0.0.1:{port}")
     assert down.returncode == 1
     assert down.stderr.strip().startswith("streamsight: database:"), down.stderr

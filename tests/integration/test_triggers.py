@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -14,7 +11,7 @@ from confluent_kafka import Producer
 
 from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import ROOT, batch_rows, wait_for_log, worker_env
+from tests.integration.harness import batch_rows, run_cli, wait_for_log, worker_env
 
 
 def send(bootstrap: str, counts: dict[str, int]) -> None:
@@ -28,10 +25,6 @@ def send(bootstrap: str, counts: dict[str, int]) -> None:
     assert producer.flush(30) == 0
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
-                          env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=60, check=False)
 
 
 async def test_seal_now_closes_one_sources_batch_through_the_worker(
@@ -43,7 +36,7 @@ async def test_seal_now_closes_one_sources_batch_through_the_worker(
     await wait_for_log(worker, "fetch.assigned")
     await asyncio.to_thread(send, fresh_broker.bootstrap, {"checkout": 25, "cart": 15})
 
-    result = await asyncio.to_thread(cli, env, "seal", "--source", "checkout")
+    result = await asyncio.to_thread(run_cli, env, "seal", "--source", "checkout")
     assert result.returncode == 0, result.stderr
     assert "seal requested for 'checkout'" in result.stdout
 
@@ -56,7 +49,7 @@ async def test_seal_now_closes_one_sources_batch_through_the_worker(
     assert (row["source"], row["seal_reason"], row["event_count"]) == ("checkout", "manual", 25)
     assert "event.dead_lettered" not in worker.log_text()  # a command is not a bad event
 
-    bad = await asyncio.to_thread(cli, {**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
+    bad = await asyncio.to_thread(run_cli, {**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"},
                                   "seal", "--source", "checkout")
     assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert await asyncio.to_thread(worker.stop) == 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 
@@ -12,45 +10,20 @@ from streams.core import control
 from streams.core.batching import Batcher
 from streams.core.ingest import Output, ingest
 from streams.core.models import SealReason
+from tests.support.records import Record
 
 BASE = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 NOW = BASE.timestamp() + 60
 
 
-@dataclass
-class Message:
-    _offset: int
-    _key: bytes
-    _value: bytes
-    _headers: list[tuple[str, bytes]] | None = None
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> Any:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, int(BASE.timestamp() * 1000))
-
-
-def event(offset: int, key: bytes = b"checkout") -> Message:
+def event(offset: int, key: bytes = b"checkout") -> Record:
     body = {"event_id": f"e{offset}", "event_type": "page_view", "source": key.decode(),
             "timestamp": (BASE + timedelta(seconds=offset)).isoformat()}
-    return Message(offset, key, msgspec.json.encode(body))
+    return Record(offset, key, msgspec.json.encode(body))
 
 
-def seal(offset: int, key: bytes = b"checkout") -> Message:
-    return Message(offset, key, b"", [(control.HEADER, control.SEAL)])
+def seal(offset: int, key: bytes = b"checkout") -> Record:
+    return Record(offset, key, b"", [(control.HEADER, control.SEAL)])
 
 
 def test_seal_command_closes_the_open_batch_of_its_key_only() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +12,7 @@ from streams.core.batching import Batcher
 from streams.core.ingest import Output, ingest
 from streams.core.models import ErrorInfo, Event, Http, batch_id_for
 from streams.core.rows import chunks, error_record, is_error, performance_row
+from tests.support.records import Record
 
 BASE = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 NOW = BASE.timestamp() + 60
@@ -70,37 +70,10 @@ def test_chunks_cover_every_row_once() -> None:
     assert list(chunks([], 10)) == []
 
 
-@dataclass
-class Message:
-    """A consumed message, as confluent-kafka's accessors present it."""
-
-    _offset: int
-    _key: bytes
-    _value: bytes
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def headers(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, int(BASE.timestamp() * 1000))
-
-
-def message(offset: int, **fields: Any) -> Message:
+def message(offset: int, **fields: Any) -> Record:
     body = {"event_id": f"e{offset}", "event_type": "http_request", "source": "checkout",
             "timestamp": (BASE + timedelta(seconds=offset)).isoformat(), **fields}
-    return Message(offset, b"checkout", msgspec.json.encode(body))
+    return Record(offset, b"checkout", msgspec.json.encode(body))
 
 
 def test_ingest_hands_on_rows_with_their_batch() -> None:
@@ -112,7 +85,7 @@ def test_ingest_hands_on_rows_with_their_batch() -> None:
         message(1, http={"route": "/a", "status_code": 500, "duration_ms": 9}),
         message(2, severity="error"),
         message(2, severity="error"),  # the same event again: no second row
-        Message(3, b"checkout", b"{broken"),
+        Record(3, b"checkout", b"{broken"),
         message(4),
     ]
     ingest(batcher, 0, records, NOW, 65536, out)

@@ -127,11 +127,13 @@ class FetchLoop(Service):
         log.info("fetch.started", loop=self.name, topic=self.topic, group=self.group_id)
 
     async def on_stop(self) -> None:
+        # consume() must not be in flight while the last commit (on another thread) and
+        # close() run: a rebalance callback inside it would wait for the event loop,
+        # and the commit for the callback.
+        await self._finished.wait()
         async with self._lock:
             self.handler.drain(self.clock())
             await self._settle()
-        # close() leaves the group; it must not run while consume() is in flight.
-        await self._finished.wait()
         await self.loop.run_in_executor(self._poller, self._consumer.close)
         self._poller.shutdown(wait=False)
         self._calls.shutdown(wait=False)
@@ -163,7 +165,7 @@ class FetchLoop(Service):
                                  self.idle_timeout)
             async with self._lock:
                 if self.should_stop:
-                    # on_stop already drained and settled; these stay uncommitted.
+                    # Stopping: these stay unread and uncommitted; on_stop settles the rest.
                     return
                 now = self.clock()
                 by_partition: dict[int, list[Message]] = {}
@@ -201,16 +203,7 @@ class FetchLoop(Service):
         )
 
     async def _settle(self) -> None:
-        # While the database or broker is away, consumption pauses here (the lock is
-        # held and consume() is not called) instead of buffering without bound.
-        async for attempt in self._retrying():
-            with attempt:
-                offsets = await self.handler.settle()
-        changed = [
-            TopicPartition(self.topic, p, o)
-            for p, o in offsets.items()
-            if p in self.assigned and self._committed.get(p) != o
-        ]
+        changed = await self._settled_offsets()
         if not changed:
             return
         try:
@@ -225,6 +218,19 @@ class FetchLoop(Service):
         for tp in changed:
             self._committed[tp.partition] = tp.offset
 
+    async def _settled_offsets(self) -> list[TopicPartition]:
+        """Settle the handler; the offsets that moved since the last commit."""
+        # While the database or broker is away, consumption pauses here (the lock is
+        # held and consume() is not called) instead of buffering without bound.
+        async for attempt in self._retrying():
+            with attempt:
+                offsets = await self.handler.settle()
+        return [
+            TopicPartition(self.topic, p, o)
+            for p, o in offsets.items()
+            if p in self.assigned and self._committed.get(p) != o
+        ]
+
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning("fetch.retry", loop=self.name, attempt=state.attempt_number,
@@ -238,9 +244,17 @@ class FetchLoop(Service):
         starts = self._start_offsets([tp for tp in partitions if tp.topic == self.topic])
         asyncio.run_coroutine_threadsafe(self._assigned(starts), self.loop).result()
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        asyncio.run_coroutine_threadsafe(self._revoked(partitions, lost=False),
-                                         self.loop).result()
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        final = asyncio.run_coroutine_threadsafe(self._revoked(partitions, lost=False),
+                                                 self.loop).result()
+        # The partitions' last commit happens here, on the polling thread, inside the
+        # callback: from any other thread librdkafka would wait for this callback to
+        # return first, and the two would wait for each other for ever.
+        if final:
+            try:
+                consumer.commit(offsets=final, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("fetch.commit_failed", loop=self.name, error=str(exc))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         asyncio.run_coroutine_threadsafe(self._revoked(partitions, lost=True),
@@ -270,16 +284,18 @@ class FetchLoop(Service):
                 starts[tp.partition] = low
         return starts
 
-    async def _revoked(self, partitions: list[TopicPartition], *, lost: bool) -> None:
+    async def _revoked(self, partitions: list[TopicPartition], *, lost: bool,
+                       ) -> list[TopicPartition]:
+        """Give partitions up; the offsets the caller commits first (none when lost)."""
         async with self._lock:
             mine = [tp.partition for tp in partitions if tp.topic == self.topic]
             if not mine:
-                return
-            if not lost:
-                await self._settle()
+                return []
+            final = [] if lost else await self._settled_offsets()
             self.handler.revoked(mine)
             self.assigned.difference_update(mine)
             metrics.PARTITIONS_ASSIGNED.labels(self.group_id).set(len(self.assigned))
             for partition in mine:
                 self._committed.pop(partition, None)
             log.info("fetch.revoked", loop=self.name, partitions=sorted(mine), lost=lost)
+            return final

@@ -237,7 +237,7 @@ async def _fill(dsn: str, now: datetime) -> None:
     batch_of = {e.event_id: r.batch_id for r, batch in batches for e in batch}
     insights, give_ups, dead = _analysed(batches)
     # As the batcher sends them: JSON arrays of rows on ``performance`` and ``errors``.
-    performance = [core_rows.performance_row(e) for e in events
+    performance = [core_rows.performance_row(e, not core_rows.is_error(e)) for e in events
                    if e.http is not None and e.http.duration_ms is not None]
     errors = [core_rows.error_record(e, batch_of[e.event_id]) for e in events
               if core_rows.is_error(e)]

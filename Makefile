@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?= --timeout=600
+# Integration tests in parallel processes (pytest-xdist); INTEGRATION_JOBS=0 runs them in one.
+INTEGRATION_JOBS ?= 3
 # Alert-rule tests for promtool; `test` runs them as soon as such files exist.
 PROMTOOL_TESTS := $(wildcard prometheus/*test*.yml prometheus/tests/*.yml)
 
@@ -29,14 +31,14 @@ services: venv ## make sure PostgreSQL answers and the embedded broker starts
 
 test: venv services ## everything: unit, integration (real broker + PostgreSQL), alert rules
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
-	$(PY) -m pytest $(PYTEST_ARGS) -q tests/integration
+	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q tests/integration
 	@$(MAKE) --no-print-directory test-rules
 
 test-unit: venv ## unit tests only: no services, seconds
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
 
 test-integration: venv services ## integration tests only
-	$(PY) -m pytest $(PYTEST_ARGS) -q tests/integration
+	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q tests/integration
 
 test-rules: ## promtool tests of the Prometheus alert rules (when there are any)
 ifneq ($(strip $(PROMTOOL_TESTS)),)

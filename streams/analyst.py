@@ -39,6 +39,7 @@ from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.openai import PRICES, CallFailed, CallResult, cost_usd
 from streams.core import analysis, deadletter
 from streams.core.breaker import BreakerState, CircuitBreaker
+from streams.core.ingest import Record
 from streams.core.models import (
     AIUsage,
     Analysis,
@@ -131,7 +132,9 @@ class Analyst:
     def name(self) -> str:
         return self.ai.name if self.ai is not None else analysis.ANALYZER_VERSION
 
-    async def analyze(self, request: AnalysisRequest) -> None:
+    async def analyze(self, request: AnalysisRequest, origin: Record | None = None) -> None:
+        """Analyse ``request``, read from the message ``origin`` (which a dead-letter copy
+        names as its origin, and whose redrive count it keeps)."""
         started = self.clock()
         if self.ai is None:
             history = await self.history.before(request.key, request.first_event_at)
@@ -139,9 +142,10 @@ class Analyst:
             await self._publish_insight(request, self.name, result, 0, 0, 0.0,
                                         (self.clock() - started) * 1000, [])
             return
-        await self._analyze_with_ai(request, self.ai)
+        await self._analyze_with_ai(request, self.ai, origin)
 
-    async def _analyze_with_ai(self, request: AnalysisRequest, ai: AIClient) -> None:
+    async def _analyze_with_ai(self, request: AnalysisRequest, ai: AIClient,
+                               origin: Record | None) -> None:
         # A redriven, replayed or re-sent request whose insight is stored already: the
         # call would cost money for the same insight id.
         if self.insights is not None and await self.insights.exists(
@@ -160,7 +164,9 @@ class Analyst:
                 # Calls already in flight can still overshoot the day's limit by their cost.
                 await self._wait_for_spend(request)
                 attempt += 1
-                log.info("ai.call", batch_id=request.batch_id, attempt=attempt, model=ai.model)
+                request_id = usage_id_for(request.batch_id, ai.name, attempt)
+                log.info("ai.call", batch_id=request.batch_id, request_id=request_id,
+                         attempt=attempt, model=ai.model)
                 try:
                     result = await ai.call(request)
                 except CallFailed as failed:
@@ -172,11 +178,12 @@ class Analyst:
                     await self._add_spend(usage[-1].cost_usd)
                     self._verdict(failed.outcome in _OUTAGES)
                     probe = False
-                    log.warning("ai.failed", batch_id=request.batch_id, attempt=attempt,
+                    log.warning("ai.failed", batch_id=request.batch_id,
+                                request_id=request_id, attempt=attempt,
                                 outcome=failed.outcome.value, error=str(failed))
                     if not self.policy.should_retry(attempt, failed.retryable):
                         await self._give_up(request, attempt, str(failed), usage,
-                                            "DEAD" if failed.retryable else "FAILED")
+                                            "DEAD" if failed.retryable else "FAILED", origin)
                         return
                     await self.sleep(self.policy.delay(attempt, failed.retry_after,
                                                        self.rand()))
@@ -303,14 +310,18 @@ class Analyst:
                  insight_id=insight.insight_id, severity=result.severity.value)
 
     async def _give_up(self, request: AnalysisRequest, attempts: int, error: str,
-                       usage: list[AIUsage], status: str) -> None:
-        headers = [
-            ("dlq.reason", Reason.AI_FAILED.value.encode()),
-            ("dlq.error", error.encode()[:deadletter.MAX_ERROR_BYTES]),
-            ("dlq.attempts", str(attempts).encode()),
-            ("dlq.origin.topic", config.ANALYSIS_REQUESTS_TOPIC.encode()),
-            ("dlq.batch_id", request.batch_id.encode()),
-        ]
+                       usage: list[AIUsage], status: str, origin: Record | None) -> None:
+        if origin is not None:
+            headers = deadletter.headers(Rejection(Reason.AI_FAILED, error),
+                                         config.ANALYSIS_REQUESTS_TOPIC, origin)
+        else:
+            headers = [
+                ("dlq.reason", Reason.AI_FAILED.value.encode()),
+                ("dlq.error", error.encode()[:deadletter.MAX_ERROR_BYTES]),
+                ("dlq.origin.topic", config.ANALYSIS_REQUESTS_TOPIC.encode()),
+            ]
+        headers += [("dlq.attempts", str(attempts).encode()),
+                    ("dlq.batch_id", request.batch_id.encode())]
         # The batch's seal time, not now: a give-up redone after a crash is the same row.
         record = ErrorRecord(time=request.sealed_at, source=request.key,
                              type=Reason.AI_FAILED.value,
@@ -386,7 +397,7 @@ class AnalystHandler:
                 reraise=True,
             ):
                 with attempt:
-                    await self.analyst.analyze(request)
+                    await self.analyst.analyze(request, message)
 
     def wants_more(self) -> bool:
         return sum(len(t) for t in self._tasks.values()) < MAX_WAITING

@@ -90,21 +90,19 @@ def install(app: faust.App) -> None:
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         ok, _checks = await readiness()
-        return web.json({
-            "status": "live",
-            "ready": ok,
-            "uptime_s": round(time.monotonic() - _STARTED, 1),
-            "components": sorted(DETAILS),
-        })
+        return web.json({**_summary(ok), "components": sorted(DETAILS)})
 
     @app.page("/health/detailed")
     async def detailed(web: Any, request: Any) -> Any:
         ok, checks = await readiness()
         return web.json({
-            "status": "live",
-            "ready": ok,
+            **_summary(ok),
             "checks": checks,
-            "uptime_s": round(time.monotonic() - _STARTED, 1),
             "memory": _memory(),
             "components": {name: details() for name, details in sorted(DETAILS.items())},
         })
+
+
+def _summary(ready: bool) -> dict[str, object]:
+    return {"status": "live", "ready": ready,
+            "uptime_s": round(time.monotonic() - _STARTED, 1)}

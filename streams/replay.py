@@ -37,7 +37,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from confluent_kafka import (
-    OFFSET_INVALID,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
@@ -50,6 +49,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from streams import config
 from streams.adapters.kafka import kafka_error, make_admin
+from streams.adapters.lag import committed_offsets, state_name
 from streams.errors import ConfigError, PermanentError, StreamsightError
 
 TIMEOUT_S = 15.0
@@ -191,7 +191,7 @@ def plan_partition(partition: int, current: int | None, wanted: int, low: int, e
 # --- reading offsets from the broker -------------------------------------------------------
 
 
-def _reader(bootstrap: str) -> Consumer:
+def offset_reader(bootstrap: str) -> Consumer:
     """Assigned, never subscribed, never commits: joins no group, moves no offset."""
     return Consumer({
         "bootstrap.servers": bootstrap, "group.id": "streamsight-replay-reader",
@@ -333,10 +333,6 @@ class Offsets:
 # --- reset ---------------------------------------------------------------------------------
 
 
-def _state(description: Any) -> str:
-    return str(getattr(description.state, "name", description.state)).lower()
-
-
 def ensure_idle(admin: AdminClient, group: str) -> None:
     """Refuse while anyone consumes in ``group`` (a reset would be overwritten by their
     next commit, and Kafka refuses it anyway)."""
@@ -345,7 +341,7 @@ def ensure_idle(admin: AdminClient, group: str) -> None:
             [group], request_timeout=TIMEOUT_S)[group].result()
     except KafkaException as exc:
         raise kafka_error(exc, f"describing consumer group {group}") from exc
-    state, members = _state(description), len(description.members)
+    state, members = state_name(description), len(description.members)
     if members or state not in IDLE_STATES:
         raise StreamsightError(
             f"consumer group {group} is active (state {state}, {members} members): "
@@ -354,14 +350,10 @@ def ensure_idle(admin: AdminClient, group: str) -> None:
 
 def committed(admin: AdminClient, group: str, topic: str, partitions: Sequence[int],
               ) -> dict[int, int | None]:
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
     try:
-        result = admin.list_consumer_group_offsets([request],
-                                                   request_timeout=TIMEOUT_S)[group].result()
+        return committed_offsets(admin, group, topic, partitions)
     except KafkaException as exc:
         raise kafka_error(exc, f"reading the offsets of consumer group {group}") from exc
-    found = {tp.partition: tp.offset for tp in result.topic_partitions}
-    return {p: (found[p] if found.get(p, OFFSET_INVALID) >= 0 else None) for p in partitions}
 
 
 @dataclass(frozen=True)
@@ -379,7 +371,7 @@ class ResetPlan:
 def plan_reset(bootstrap: str, group: str, topic: str, target: Target,
                partitions: Sequence[int] | None = None) -> ResetPlan:
     admin = make_admin(bootstrap)
-    reader = _reader(bootstrap)
+    reader = offset_reader(bootstrap)
     try:
         offsets = Offsets(admin, reader, topic)
         existing = offsets.partitions()
@@ -473,7 +465,7 @@ def copy_range(bootstrap: str, source: str, destination: str, since_ms: int,
     if until_ms is not None and until_ms <= since_ms:
         raise ConfigError("--until must be after --since")
     admin = make_admin(bootstrap)
-    reader = _reader(bootstrap)
+    reader = offset_reader(bootstrap)
     report = CopyReport()
     try:
         offsets = Offsets(admin, reader, source)

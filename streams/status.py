@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from streams import config, dlq
+from streams import config, dlq, replay
 from streams.adapters.kafka import make_admin
 from streams.adapters.lag import GroupLag, LagReader, agent_groups
 from streams.adapters.metrics import BREAKER_STATES
+from streams.errors import StreamsightError
 
 _BREAKER_NAMES = {v: k for k, v in BREAKER_STATES.items()}
 _TIMEOUT_S = 5.0
@@ -49,22 +50,20 @@ class Status:
 
 
 def _topics(bootstrap: str) -> list[tuple[str, int, int]]:
-    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
-
+    """Name, partitions and messages of every topic, the ends read exactly (replay's
+    ``Offsets``: brokers such as Tansu report an end that trails)."""
     admin = make_admin(bootstrap)
     metadata = admin.list_topics(timeout=_TIMEOUT_S).topics
-    names = sorted(n for n in metadata if not n.startswith("__"))
-    tps = [TopicPartition(n, p) for n in names for p in metadata[n].partitions]
-    if not tps:
-        return []
-    latest = admin.list_offsets({tp: OffsetSpec.latest() for tp in tps})  # type: ignore[no-untyped-call]
-    earliest = admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps})  # type: ignore[no-untyped-call]
-    sizes: dict[str, int] = dict.fromkeys(names, 0)
-    for tp in tps:
-        high = latest[tp].result().offset
-        low = earliest[tp].result().offset
-        sizes[tp.topic] += max(0, high - low)
-    return [(n, len(metadata[n].partitions), sizes[n]) for n in names]
+    reader = replay.offset_reader(bootstrap)
+    try:
+        out = []
+        for name in sorted(n for n in metadata if not n.startswith("__")):
+            partitions = sorted(metadata[name].partitions)
+            bounds = replay.Offsets(admin, reader, name).bounds(partitions)
+            out.append((name, len(partitions), sum(end - low for low, end in bounds.values())))
+        return out
+    finally:
+        reader.close()
 
 
 def _worker(url: str) -> WorkerView:
@@ -114,7 +113,7 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
             lag = reader.read()
         finally:
             reader.close()
-    except KafkaException as exc:
+    except (KafkaException, StreamsightError) as exc:
         problems.append(f"Kafka at {bootstrap}: {exc}")
     counts = None
     if dead_letters and topics:

@@ -10,8 +10,9 @@ in ``streamsight lag-exporter``, a process of its own that needs no worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from confluent_kafka import (
@@ -96,26 +97,12 @@ class LagReader:
         lows = self._offsets(tps, _EARLIEST)
         described = self._admin.describe_consumer_groups(
             list(self.groups), request_timeout=TIMEOUT_S)
-        committed_requests = [
-            ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p)
-                                                 for p in partitions.get(topic, [])])
-            for group, topic in self.groups.items()
-        ]
-        committed_futures = {}
-        # The admin API takes one group per call.
-        for request in committed_requests:
-            committed_futures.update(self._admin.list_consumer_group_offsets(
-                [request], request_timeout=TIMEOUT_S))
-
         positions: dict[tuple[str, str, int], tuple[int | None, int]] = {}
         for group, topic in self.groups.items():
-            result = committed_futures[group].result()
-            committed = {tp.partition: tp.offset for tp in result.topic_partitions}
-            for partition in partitions.get(topic, []):
-                offset = committed.get(partition, OFFSET_INVALID)
-                own = offset if offset >= 0 else None
-                start = own if own is not None else lows[(topic, partition)]
-                positions[(group, topic, partition)] = (own, start)
+            committed = committed_offsets(self._admin, group, topic, partitions.get(topic, []))
+            for partition, offset in committed.items():
+                start = offset if offset is not None else lows[(topic, partition)]
+                positions[(group, topic, partition)] = (offset, start)
         stamps = self._timestamps({
             (topic, partition, start)
             for (_, topic, partition), (_, start) in positions.items()
@@ -134,7 +121,7 @@ class LagReader:
                 stamp = stamps.get((topic, partition, start)) if behind else None
                 rows.append(PartitionLag(group, topic, partition, own, high, behind,
                                          max(0.0, now - stamp) if stamp else 0.0))
-            out.append(GroupLag(group, topic, _state_name(description.state),
+            out.append(GroupLag(group, topic, state_name(description),
                                 len(description.members), tuple(rows)))
         return out
 
@@ -170,9 +157,20 @@ class LagReader:
         return dict(self._stamps)
 
 
-def _state_name(state: object) -> str:
-    name = getattr(state, "name", str(state))
-    return str(name).lower()
+def state_name(description: Any) -> str:
+    """A consumer group description's state as a lower-case word (stable, empty, ...)."""
+    return str(getattr(description.state, "name", description.state)).lower()
+
+
+def committed_offsets(admin: AdminClient, group: str, topic: str, partitions: Sequence[int],
+                      ) -> dict[int, int | None]:
+    """The group's committed offset per partition, None where it never committed; raises
+    KafkaException when the broker fails."""
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
+    result = admin.list_consumer_group_offsets([request],
+                                               request_timeout=TIMEOUT_S)[group].result()
+    found = {tp.partition: tp.offset for tp in result.topic_partitions}
+    return {p: (found[p] if found.get(p, OFFSET_INVALID) >= 0 else None) for p in partitions}
 
 
 class LagCollector(Collector):

@@ -273,7 +273,7 @@ async def table_count(dsn: str, table: str) -> int:
 
 def exact_ends(bootstrap: str, topic: str) -> dict[int, int]:
     admin = make_admin(bootstrap)
-    reader = replay._reader(bootstrap)
+    reader = replay.offset_reader(bootstrap)
     try:
         offsets = replay.Offsets(admin, reader, topic)
         return {p: end for p, (_, end) in offsets.bounds(offsets.partitions()).items()}

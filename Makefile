@@ -12,7 +12,10 @@ INTEGRATION_JOBS ?= 3
 # Alert-rule tests for promtool; `test` runs them as soon as such files exist.
 PROMTOOL_TESTS := $(wildcard prometheus/*test*.yml prometheus/tests/*.yml)
 
-.PHONY: help venv services test test-unit test-integration test-rules lint bench demo
+# Debian packages the tests need (promtool); installed where missing, as root or by sudo.
+APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: help venv tools services test test-unit test-integration test-rules lint bench demo
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -26,10 +29,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
+tools: ## install promtool (Debian's prometheus package) when it is missing
+	@command -v promtool >/dev/null 2>&1 || { $(APT_GET) update -qq && \
+		$(APT_GET) install -y -qq --no-install-recommends prometheus </dev/null; }
+
 services: venv ## make sure PostgreSQL answers and the embedded broker starts
 	$(PY) -m streams.embedded check
 
-test: venv services ## everything: unit, integration (real broker + PostgreSQL), alert rules
+test: venv tools services ## everything: unit, integration (real broker + PostgreSQL), alert rules
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
 	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q tests/integration
 	@$(MAKE) --no-print-directory test-rules
@@ -37,10 +44,10 @@ test: venv services ## everything: unit, integration (real broker + PostgreSQL),
 test-unit: venv ## unit tests only: no services, seconds
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
 
-test-integration: venv services ## integration tests only
+test-integration: venv tools services ## integration tests only
 	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q tests/integration
 
-test-rules: ## promtool tests of the Prometheus alert rules (when there are any)
+test-rules: tools ## promtool tests of the Prometheus alert rules (when there are any)
 ifneq ($(strip $(PROMTOOL_TESTS)),)
 	promtool check config prometheus/prometheus.yml
 	promtool check rules prometheus/alerts.yml

@@ -239,8 +239,9 @@ def demo(
         str, typer.Option(help="database to (re)create for the demo")
     ] = "streamsight_demo",
     admin_dsn: Annotated[
-        str, typer.Option(help="PostgreSQL server to use (started locally if it is down)")
-    ] = "postgresql://postgres@127.0.0.1:5432/postgres",
+        str | None,
+        typer.Option(help="PostgreSQL server to use (default: a local one, started when down)"),
+    ] = None,
     run_dir: Annotated[
         Path, typer.Option(help="directory for the worker's and broker's logs and data")
     ] = Path(".run/demo"),

@@ -45,7 +45,6 @@ from streams import config
 from streams.core import analysis
 from streams.core.models import AnalysisRequest, Insight, InsightSeverity
 from streams.embedded import (
-    DEFAULT_ADMIN_DSN,
     EmbeddedBroker,
     create_database,
     drop_database,
@@ -96,7 +95,7 @@ class DemoOptions:
     seed: int | None = None
     duration: float | None = None
     database: str = "streamsight_demo"
-    admin_dsn: str = DEFAULT_ADMIN_DSN
+    admin_dsn: str | None = None
     run_dir: Path = Path(".run/demo")
     topics_file: Path | None = None
 

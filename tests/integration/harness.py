@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -199,53 +196,6 @@ async def wait_for_log(worker: Worker, text: str, times: int = 1, within: float 
     while worker.log_text().count(text) < times:
         assert time.monotonic() < deadline, f"no {text!r} x{times}:\n{worker.log_text()[-3000:]}"
         await asyncio.sleep(0.2)
-
-
-class PrivatePostgres:
-    """A PostgreSQL server of one test's own (initdb into a temporary directory), so the
-    test can stop and start it without touching the machine's server."""
-
-    def __init__(self) -> None:
-        versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        assert versions, "PostgreSQL server binaries are needed (apt-get install postgresql)"
-        self.bin = versions[-1].parent
-        # initdb refuses to run as root (CI runs as root), and pytest's tmp_path is private
-        # to root: a directory of its own that the postgres user can enter.
-        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.root = Path(tempfile.mkdtemp(prefix="streamsight-pg-"))
-        self.root.chmod(0o777)
-        self.data = self.root / "pgdata"
-        self.port = _free_port()
-        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self._as, *args], check=True, capture_output=True, timeout=120)
-
-    def init(self) -> PrivatePostgres:
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                  "--auth=trust", "-E", "UTF8")
-        return self.start()
-
-    def start(self) -> PrivatePostgres:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-l",
-                  str(self.data.parent / "postgres.log"), "-o",
-                  f"-p {self.port} -k {self.data.parent} -c listen_addresses=127.0.0.1",
-                  "start")
-        return self
-
-    def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop")
-
-    def close(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def expected_rows(bootstrap: str) -> tuple[set[str], set[str]]:

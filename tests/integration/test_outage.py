@@ -5,17 +5,19 @@ row arrives exactly once."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from streams.adapters.db import migrate
 from streams.embedded import EmbeddedBroker
+from streams.local_postgres import LocalPostgres
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
-    PrivatePostgres,
     expected_rows,
     stored_rows,
     wait_for_log,
@@ -31,8 +33,9 @@ DOWN_SECONDS = 60
 
 
 @pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres().init()
+def private_postgres() -> Iterator[LocalPostgres]:
+    """A server of this test's own, which it stops and starts."""
+    server = LocalPostgres(Path(tempfile.mkdtemp(prefix="streamsight-pg-"))).init().start()
     try:
         yield server
     finally:
@@ -40,7 +43,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 async def test_database_down_for_a_minute_under_load(
-    fresh_broker: EmbeddedBroker, private_postgres: PrivatePostgres, workers: WorkerFactory
+    fresh_broker: EmbeddedBroker, private_postgres: LocalPostgres, workers: WorkerFactory
 ) -> None:
     dsn = private_postgres.dsn
     await migrate(dsn)

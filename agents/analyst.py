@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import faust
 import structlog
 
 from agents import web
 from agents.service import AgentService
-from agents.service import install as start_with
 from streams import config
 from streams.adapters import metrics
 from streams.adapters.batch_store import BatchHistory, BatchStatus
@@ -70,6 +68,3 @@ class AnalystService(AgentService):
             await self.ai.aclose()
         await super().on_shutdown()
 
-
-def install(app: faust.App, settings: config.Settings) -> AgentService:
-    return start_with(app, AnalystService(settings, loop=app.loop, beacon=app.beacon))

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import faust
-
 from agents.service import AgentService
-from agents.service import install as start_with
 from streams import config
 from streams.adapters.batch_store import BatchStore
 from streams.adapters.fetch import FetchHandler
@@ -27,6 +24,3 @@ class BatcherService(AgentService):
         )
         return handler, s.consumer_max_records
 
-
-def install(app: faust.App, settings: config.Settings) -> AgentService:
-    return start_with(app, BatcherService(settings, loop=app.loop, beacon=app.beacon))

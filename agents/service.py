@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import asyncpg
-import faust
 from aiokafka import AIOKafkaProducer
 from mode import Service
 
@@ -29,6 +28,7 @@ class AgentService(Service):
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
+        self.fetch: FetchLoop | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -69,6 +69,9 @@ class AgentService(Service):
             loop=self.loop,
             beacon=self.beacon,
         )
+        # Its crash goes to the agent's supervisor too, instead of ending the worker.
+        fetch.supervisor = self.supervisor
+        self.fetch = fetch
         await self.add_runtime_dependency(fetch)
         self._report(fetch)
 
@@ -99,9 +102,3 @@ class AgentService(Service):
             await self._producer.stop()
         if self._pool is not None:
             await self._pool.close()
-
-
-def install(app: faust.App, service: AgentService) -> AgentService:
-    """Start ``service`` with the app (and stop it with it)."""
-    app.add_dependency(service)
-    return service

@@ -39,7 +39,7 @@ from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.openai import PRICES, CallFailed, CallResult, cost_usd
 from streams.core import analysis, deadletter
 from streams.core.breaker import BreakerState, CircuitBreaker
-from streams.core.ingest import Record
+from streams.core.ingest import Record, unprocessable
 from streams.core.models import (
     AIUsage,
     Analysis,
@@ -54,7 +54,8 @@ from streams.core.models import (
     usage_id_for,
 )
 from streams.core.retry import RetryPolicy
-from streams.errors import RetryableError
+from streams.core.storable import request_problem
+from streams.errors import DataRejected, PermanentError, RetryableError
 
 log = structlog.get_logger(__name__)
 
@@ -356,6 +357,7 @@ class AnalystHandler:
         self._tasks: dict[int, dict[int, asyncio.Task[None]]] = {}
         self._position: dict[int, int] = {}
         self._cancelled: list[asyncio.Task[None]] = []
+        self._reasons_logged: set[str] = set()
 
     async def assigned(self, starts: dict[int, int]) -> None:
         for partition, start in starts.items():
@@ -378,26 +380,55 @@ class AnalystHandler:
             self._position[partition] = offset + 1
 
     async def _run(self, message: Message) -> None:
+        """Analyse one message; whatever in it makes that fail sends it to dead-letter.
+
+        What does not lie in the message is raised: the database or broker away is
+        retried here until they are back; anything else (a missing table, say) stops the
+        agent, which its supervisor restarts, and the request is read again.
+        """
         try:
             request = _decode_request(message.value() or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            rejection = Rejection(Reason.MALFORMED_JSON, f"not an analysis request: {exc}")
-            headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC, message)
-            await (await self.producer.send(config.DEAD_LETTER_TOPIC, message.value(),
-                                             key=message.key(), headers=headers))
-            metrics.DEAD_LETTERS.labels(rejection.reason.value).inc()
+            await self._dead_letter(message, Rejection(
+                Reason.MALFORMED_JSON, f"not an analysis request: {exc}"))
+            return
+        problem = request_problem(request)
+        if problem is not None:
+            await self._dead_letter(message, problem)
             return
         async with self._slots:
-            # The database or broker away for a while: the request waits and tries again
-            # (a call it already made may be made again; the insight id stays the same).
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type((RetryableError, KafkaError)),
-                wait=wait_exponential_jitter(initial=0.5, max=30.0),
-                before_sleep=_log_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    await self.analyst.analyze(request, message)
+            try:
+                await self._analyze(request, message)
+            except DataRejected as exc:
+                await self._dead_letter(message, Rejection(Reason.DB_REJECTED, exc.detail))
+            except (RetryableError, PermanentError, KafkaError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one request must not stop the others
+                await self._dead_letter(message, unprocessable(exc))
+
+    async def _analyze(self, request: AnalysisRequest, message: Message) -> None:
+        # The database or broker away for a while: the request waits and tries again
+        # (a call it already made may be made again; the insight id stays the same).
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((RetryableError, KafkaError)),
+            wait=wait_exponential_jitter(multiplier=0.5, max=30.0),
+            before_sleep=_log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                await self.analyst.analyze(request, message)
+
+    async def _dead_letter(self, message: Message, rejection: Rejection) -> None:
+        headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC, message)
+        await (await self.producer.send(config.DEAD_LETTER_TOPIC, message.value(),
+                                         key=message.key(), headers=headers))
+        reason = rejection.reason.value
+        metrics.DEAD_LETTERS.labels(reason).inc()
+        if reason not in self._reasons_logged:
+            self._reasons_logged.add(reason)
+            (log.error if rejection.reason is Reason.UNPROCESSABLE else log.warning)(
+                "request.dead_lettered", partition=message.partition(),
+                offset=message.offset(), reason=reason, error=rejection.message)
 
     def wants_more(self) -> bool:
         return sum(len(t) for t in self._tasks.values()) < MAX_WAITING

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import faust
-from mode import Service
 
 from agents import lag, web
+from agents.service import AgentService
+from agents.supervisor import AgentSupervisor
 from streams.config import Settings
 from streams.errors import ConfigError
 
-# Each agent registers itself on the app; the worker starts those it is asked for.
-AgentFactory = Callable[[faust.App, Settings], Service | None]
 
-
-def known_agents() -> dict[str, AgentFactory]:
+def known_agents() -> dict[str, type[AgentService]]:
     from agents import analyst, batcher, sinks
 
     return {
-        "batcher": batcher.install,
-        "analyst": analyst.install,
-        "sink-insights": sinks.install_insights,
-        "sink-errors": sinks.install_errors,
-        "sink-performance": sinks.install_performance,
+        "batcher": batcher.BatcherService,
+        "analyst": analyst.AnalystService,
+        "sink-insights": sinks.InsightSink,
+        "sink-errors": sinks.ErrorSink,
+        "sink-performance": sinks.PerformanceSink,
     }
 
 
@@ -55,7 +53,10 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
         producer_acks=-1,
     )
     for name in chosen:
-        available[name](app, settings)
+        agent = available[name]
+        app.add_dependency(AgentSupervisor(
+            name, lambda agent=agent, **kwargs: agent(settings, **kwargs),
+            loop=app.loop, beacon=app.beacon))
     lag.install(app, settings)
     web.install(app)
     return app

@@ -24,7 +24,7 @@ from streams.adapters.batch_store import BatchStore
 from streams.core import deadletter
 from streams.core.batching import Batcher
 from streams.core.ingest import Output, ingest
-from streams.core.models import SealReason
+from streams.core.models import Reason, SealReason
 from streams.core.rows import chunks, error_record
 from streams.errors import RetryableError
 
@@ -51,6 +51,7 @@ class BatcherHandler:
         self.max_event_bytes = max_event_bytes
         self._out = Output()
         self._duplicates_logged = 0
+        self._reasons_logged: set[str] = set()
         self._consumed = metrics.EVENTS_CONSUMED.labels(topic)
 
     async def assigned(self, starts: dict[int, int]) -> None:
@@ -89,7 +90,7 @@ class BatcherHandler:
             except KafkaError as exc:
                 raise RetryableError(f"publishing to Kafka failed: {exc}") from exc
             self._out = Output()
-            _account(out)
+            _account(out, self._reasons_logged)
         metrics.OPEN_BATCHES.set(self.batcher.open_batches())
         if self.batcher.duplicates != self._duplicates_logged:
             log.info("batcher.duplicates_dropped",
@@ -118,8 +119,9 @@ class BatcherHandler:
         await asyncio.gather(*pending)
 
 
-def _account(out: Output) -> None:
-    """Metrics and logs of what a settle published."""
+def _account(out: Output, reasons_logged: set[str]) -> None:
+    """Metrics and logs of what a settle published. The first dead-letter of each reason
+    is logged; after that the counters show them (bad input arrives in floods)."""
     for request in out.sealed:
         reason = request.seal_reason.value
         metrics.BATCHES_SEALED.labels(reason).inc()
@@ -131,7 +133,11 @@ def _account(out: Output) -> None:
         reason = rejection.reason.value
         metrics.EVENTS_INVALID.labels(reason).inc()
         metrics.DEAD_LETTERS.labels(reason).inc()
-        log.info("event.dead_lettered", partition=record.partition(), offset=record.offset(),
-                 reason=reason, field=rejection.field)
+        if reason not in reasons_logged:
+            reasons_logged.add(reason)
+            # Unprocessable means our code raised on an event: a bug to report.
+            (log.error if rejection.reason is Reason.UNPROCESSABLE else log.info)(
+                "event.dead_lettered", partition=record.partition(), offset=record.offset(),
+                reason=reason, field=rejection.field, error=rejection.message)
     metrics.EVENT_ERRORS.inc(len(out.errors))
     metrics.OPERATION_DURATION.observe_many([row.duration_ms / 1000 for row in out.performance])

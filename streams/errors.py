@@ -24,6 +24,16 @@ class PermanentError(StreamsightError):
     """Trying again cannot help (bad request, schema violation, missing table)."""
 
 
+class DataRejected(PermanentError):
+    """The database refused a value for what it is (SQLSTATE class 22, class 23 but for
+    unique violations, or a value its client cannot encode): trying again cannot help, so
+    the record is set aside and the rest goes on. ``detail`` is the database's message."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 class RateLimited(RetryableError):
     """The remote side asked us to slow down; ``retry_after`` is its hint in seconds."""
 

@@ -6,6 +6,12 @@ INSERT ... ON CONFLICT DO NOTHING when rows already exist: see adapters/copy.py)
 the offsets are committed. A replay or a restart
 re-reads what was not committed and writes nothing twice: every table's key is
 deterministic. A message that cannot be read goes to ``dead-letter`` with its reason.
+
+A row the database refuses for its values (``db_rejected``: a NUL in text, a number out
+of its column's range) costs only itself: the writer sets it aside, every other row is
+written, and the refused row goes to ``dead-letter`` before the offsets are committed,
+as a message of the topic's own format (``[row]`` on the row topics, the record itself on
+``insights``) that ``streamsight dlq redrive`` can send back once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from msgspec.structs import astuple
 
 from streams import config
 from streams.adapters import metrics
-from streams.adapters.copy import CopyWriter
+from streams.adapters.copy import CopyWriter, Row, Written
 from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.core import deadletter
 from streams.core.models import (
@@ -42,10 +48,12 @@ _decode_insight = msgspec.json.Decoder(Insight).decode
 # ``errors`` and ``performance`` carry rows in JSON arrays: many rows per message.
 _decode_errors = msgspec.json.Decoder(list[ErrorRecord]).decode
 _decode_performance = msgspec.json.Decoder(list[PerformanceRow]).decode
+_decode_any = msgspec.json.Decoder(list[object]).decode
 
-Row = tuple[object, ...]
 #: Turns one message value into (table, row) pairs; raises msgspec errors on bad input.
 RowsOf = Callable[[bytes], Iterable[tuple[str, Row]]]
+#: Splits one message value into its records, each a message value of its own.
+Split = Callable[[bytes], list[bytes]]
 
 WRITERS = {
     "insights": CopyWriter("insights", (
@@ -101,19 +109,35 @@ def performance_rows(value: bytes) -> Iterable[tuple[str, Row]]:
         yield "api_performance", astuple(row)
 
 
+def one_record(value: bytes) -> list[bytes]:
+    """``insights`` carries one record per message."""
+    return [value]
+
+
+def array_items(value: bytes) -> list[bytes]:
+    """``performance`` and ``errors`` carry JSON arrays of rows: each as ``[row]``."""
+    return [_encode([item]) for item in _decode_any(value)]
+
+
 class SinkHandler:
     """One topic into its tables."""
 
-    def __init__(self, topic: str, rows_of: RowsOf, pool: asyncpg.Pool,
+    def __init__(self, topic: str, rows_of: RowsOf, split: Split, pool: asyncpg.Pool,
                  producer: AIOKafkaProducer) -> None:
         self.topic = topic
         self.rows_of = rows_of
+        self.split = split
         self.pool = pool
         self.producer = producer
         self._rows: dict[str, list[Row]] = {}
-        self._rejected: list[tuple[Message, Rejection]] = []
+        # The messages whose rows are in ``_rows``, in order: refused rows are traced back
+        # to them (only then, so the hot path keeps no per-row bookkeeping).
+        self._sources: list[Message] = []
+        self._rejected: list[tuple[bytes | None, Message, Rejection, list[tuple[str, bytes]]]]
+        self._rejected = []
         self._position: dict[int, int] = {}
         self._duration = metrics.SINK_WRITE_DURATION.labels(topic)
+        self._logged: set[str] = set()
 
     async def assigned(self, starts: dict[int, int]) -> None:
         self._position.update(starts)
@@ -126,13 +150,21 @@ class SinkHandler:
         rows = self._rows
         for message in records:
             try:
-                for table, row in self.rows_of(message.value() or b""):
-                    rows.setdefault(table, []).append(row)
+                produced = list(self.rows_of(message.value() or b""))
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                self._rejected.append(
-                    (message, Rejection(Reason.MALFORMED_JSON, f"unreadable record: {exc}")))
+                self._reject(message.value(), message,
+                             Rejection(Reason.MALFORMED_JSON, f"unreadable record: {exc}"))
+                continue
+            for table, row in produced:
+                rows.setdefault(table, []).append(row)
+            if produced:
+                self._sources.append(message)
         if records:
             self._position[partition] = (records[-1].offset() or 0) + 1
+
+    def _reject(self, value: bytes | None, message: Message, rejection: Rejection,
+                extra: list[tuple[str, bytes]] | None = None) -> None:
+        self._rejected.append((value, message, rejection, extra or []))
 
     def tick(self, now: float) -> None:
         return None
@@ -146,29 +178,61 @@ class SinkHandler:
     async def settle(self) -> dict[int, int]:
         if self._rows:
             started = time.perf_counter()
-            added: dict[str, int] = {}
+            written: dict[str, Written] = {}
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     for table, rows in self._rows.items():
-                        added[table] = await WRITERS[table].write(conn, rows)
+                        written[table] = await WRITERS[table].write(conn, rows)
                         log.debug("sink.written", table=table, rows=len(rows),
-                                  added=added[table])
+                                  added=written[table].added)
             except QUERY_ERRORS as exc:
                 raise query_error(f"sink of {self.topic}", exc) from exc
             # Counted once the transaction committed: a retried write is not counted twice.
             self._duration.observe(time.perf_counter() - started)
-            for table, count in added.items():
-                metrics.SINK_ROWS.labels(table).inc(count)
+            for table, result in written.items():
+                metrics.SINK_ROWS.labels(table).inc(result.added)
+            refused = {table: dict(result.refused) for table, result in written.items()
+                       if result.refused}
+            if refused:
+                self._set_aside(refused)
             self._rows = {}
+            self._sources = []
         if self._rejected:
-            sent = []
-            for message, rejection in self._rejected:
-                headers = deadletter.headers(rejection, self.topic, message)
-                sent.append(await self.producer.send(config.DEAD_LETTER_TOPIC,
-                                                     message.value(), key=message.key(),
-                                                     headers=headers))
-            for future in sent:
-                await future
-            metrics.DEAD_LETTERS.labels(Reason.MALFORMED_JSON.value).inc(len(self._rejected))
-            self._rejected = []
+            await self._dead_letter()
         return dict(self._position)
+
+    def _set_aside(self, refused: dict[str, dict[int, str]]) -> None:
+        """Trace refused rows back to their records, which go to dead-letter."""
+        seen = dict.fromkeys(refused, 0)
+        for message in self._sources:
+            for record in self.split(message.value() or b""):
+                reasons: list[tuple[str, str]] = []
+                for table, _row in self.rows_of(record):
+                    index = seen.get(table, 0)
+                    seen[table] = index + 1
+                    reason = refused.get(table, {}).get(index)
+                    if reason is not None:
+                        reasons.append((table, reason))
+                if reasons:
+                    table, reason = reasons[0]
+                    self._reject(record, message,
+                                 Rejection(Reason.DB_REJECTED, f"{table}: {reason}"),
+                                 [("dlq.table", table.encode())])
+        for table, by_row in refused.items():
+            # Once per reason; after that only the dead-letter counter shows them.
+            for reason in set(by_row.values()) - self._logged:
+                self._logged.add(reason)
+                log.warning("sink.rows_refused", topic=self.topic, table=table,
+                            rows=sum(r == reason for r in by_row.values()), reason=reason)
+
+    async def _dead_letter(self) -> None:
+        sent = []
+        for value, message, rejection, extra in self._rejected:
+            headers = deadletter.headers(rejection, self.topic, message) + extra
+            sent.append(await self.producer.send(config.DEAD_LETTER_TOPIC, value,
+                                                 key=message.key(), headers=headers))
+        for future in sent:
+            await future
+        for _value, _message, rejection, _extra in self._rejected:
+            metrics.DEAD_LETTERS.labels(rejection.reason.value).inc()
+        self._rejected = []

@@ -35,8 +35,6 @@ ORDER BY first_offset
 """
 
 _encode = msgspec.json.Encoder().encode
-# jsonb refuses the NUL character that JSON strings may carry; it becomes U+FFFD.
-_NUL, _REPLACEMENT = b"\\u0000", b"\\ufffd"
 
 
 class BatchStore:
@@ -52,7 +50,7 @@ class BatchStore:
             row = (r.batch_id, r.key, r.topic, r.partition, r.first_offset, r.last_offset,
                    r.event_count, r.seal_reason.value, r.opened_at, r.sealed_at,
                    r.first_event_at, r.last_event_at,
-                   _encode(r.digest).replace(_NUL, _REPLACEMENT).decode())
+                   _encode(r.digest).decode())
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
         try:

@@ -17,7 +17,7 @@ import asyncpg
 
 from streams.adapters import policies
 from streams.adapters.logs import redact_dsn
-from streams.errors import ConfigError, PermanentError, RetryableError
+from streams.errors import ConfigError, DataRejected, PermanentError, RetryableError
 
 # The repository's sql/ beside the package; right for the editable install and the repo.
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -54,6 +54,17 @@ def _connection_error(dsn: str, exc: BaseException) -> Exception:
 
 _CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
+#: Failures that lie in the values written, not in the database: what the server refuses
+#: as data (classes 22 and 23; unique violations are the writers' own business) and what
+#: asyncpg cannot encode for its column (an integer out of range, a lone surrogate).
+DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    OverflowError,
+    UnicodeEncodeError,
+)
+
+
 #: What a query can raise; ``query_error`` sorts it into retryable and permanent.
 QUERY_ERRORS = (
     OSError,
@@ -61,6 +72,8 @@ QUERY_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.InternalClientError,
+    OverflowError,
+    UnicodeEncodeError,
 )
 # The server went away or is restarting: the same statement can work a moment later.
 _TRANSIENT = (
@@ -74,8 +87,15 @@ _TRANSIENT = (
 )
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    return isinstance(exc, DATA_ERRORS) and not isinstance(exc, asyncpg.UniqueViolationError)
+
+
 def query_error(doing: str, exc: BaseException) -> Exception:
     """Map a failed query onto streams.errors (no DSN or parameters in the message)."""
+    if _is_data_error(exc):
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return DataRejected(f"{doing}: {detail}", detail)
     if isinstance(exc, _TRANSIENT):
         return RetryableError(f"{doing}: database unavailable ({exc.__class__.__name__})")
     return PermanentError(f"{doing}: {exc.__class__.__name__}: {exc}")

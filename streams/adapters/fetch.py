@@ -131,9 +131,12 @@ class FetchLoop(Service):
         # close() run: a rebalance callback inside it would wait for the event loop,
         # and the commit for the callback.
         await self._finished.wait()
-        async with self._lock:
-            self.handler.drain(self.clock())
-            await self._settle()
+        # After a crash the handler's state is not to be trusted: nothing more is
+        # committed, and the partitions' next owner re-reads from the last commit.
+        if not self.crashed:
+            async with self._lock:
+                self.handler.drain(self.clock())
+                await self._settle()
         await self.loop.run_in_executor(self._poller, self._consumer.close)
         self._poller.shutdown(wait=False)
         self._calls.shutdown(wait=False)
@@ -197,7 +200,7 @@ class FetchLoop(Service):
         return AsyncRetrying(
             retry=retry_if_exception_type(RetryableError),
             # Capped low: once the database is back, work resumes within seconds.
-            wait=wait_exponential_jitter(initial=0.2, max=10.0),
+            wait=wait_exponential_jitter(multiplier=0.2, max=10.0),
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -291,7 +294,7 @@ class FetchLoop(Service):
             mine = [tp.partition for tp in partitions if tp.topic == self.topic]
             if not mine:
                 return []
-            final = [] if lost else await self._settled_offsets()
+            final = [] if lost or self.crashed else await self._settled_offsets()
             self.handler.revoked(mine)
             self.assigned.difference_update(mine)
             metrics.PARTITIONS_ASSIGNED.labels(self.group_id).set(len(self.assigned))

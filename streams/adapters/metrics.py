@@ -141,6 +141,12 @@ SINK_WRITE_DURATION = Histogram(
 LAG = LagCollector()
 REGISTRY.register(LAG)
 
+AGENT_RESTARTS = Counter(
+    "streamsight_agent_restarts_total",
+    "Times an agent failed and was restarted inside its worker", ["agent"], registry=REGISTRY)
+AGENT_UP = Gauge(
+    "streamsight_agent_up", "1 while the agent runs, 0 while it waits to be restarted",
+    ["agent"], registry=REGISTRY)
 PARTITIONS_ASSIGNED = Gauge(
     "streamsight_partitions_assigned", "Partitions this worker holds, by consumer group.",
     ["group"], registry=REGISTRY)

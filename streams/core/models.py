@@ -63,6 +63,10 @@ class Reason(enum.StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     UNKNOWN_VERSION = "unknown_version"
     MISSING_KEY = "missing_key"
+    NUL_CHARACTER = "nul_character"
+    DUPLICATE_KEY = "duplicate_key"
+    UNPROCESSABLE = "unprocessable"
+    DB_REJECTED = "db_rejected"
     AI_FAILED = "ai_failed"
 
 

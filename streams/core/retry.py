@@ -61,3 +61,18 @@ class RetryPolicy:
         Non-retryable errors (400-class other than 429, invalid requests) fail at once.
         """
         return retryable and attempt < self.max_attempts
+
+
+def restart_delay(failures: int, rand: float, cap_seconds: float = 60.0) -> float:
+    """Seconds before restarting an agent that has failed ``failures`` times in a row.
+
+    Equal jitter (half fixed, half random): 1, 2, 4 ... up to ``cap_seconds``, never less
+    than half of that, so that a crash loop cannot spin however the draw falls, and
+    workers that failed together do not restart together.
+    """
+    if failures < 1:
+        raise ValueError("failures start at 1")
+    if not 0.0 <= rand < 1.0:
+        raise ValueError("rand must be in [0, 1)")
+    ceiling = min(cap_seconds, 2.0 ** min(failures - 1, _MAX_EXPONENT))
+    return ceiling * (0.5 + rand / 2)

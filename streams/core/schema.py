@@ -15,8 +15,11 @@ Decisions a producer may trip over:
 
 - A UTF-8 byte order mark before the JSON is ignored (RFC 8259 section 8.1 allows it);
   rejecting it would dead-letter whole streams from some Windows producers.
-- Duplicate object keys are accepted and the last one wins, as in Python's ``json`` and
-  ``orjson``; detecting them would need a second decode of every event.
+- A member name repeated in one object (``{"source": "a", "source": "b"}``) is refused
+  (``duplicate_key``): parsers disagree on which value counts, so the event is ambiguous.
+- No string anywhere in the message, member names and ``attributes`` included, may hold
+  U+0000 (``nul_character``), nor may the key: PostgreSQL's text and jsonb cannot store it,
+  and silently replacing it would change ids and what the producer wrote.
 - Unknown fields are ignored, so producers can add fields before consumers know them.
 - Nesting is limited to ``MAX_DEPTH`` levels inside ``attributes``, the only part of an
   event that is kept with arbitrary shape; unknown fields are dropped whatever their shape,
@@ -28,6 +31,7 @@ Decisions a producer may trip over:
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -36,6 +40,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from streams.core.models import ErrorInfo, Event, Http, Reason, Rejection
+from streams.core.storable import nul_path
 
 SUPPORTED_VERSION = 1
 CLOUDEVENTS_VERSION = "1.0"
@@ -89,6 +94,7 @@ _NATIVE = msgspec.json.Decoder(_Native)
 _CLOUDEVENT = msgspec.json.Decoder(_CloudEvent)
 _SECTIONS = msgspec.json.Decoder(_Sections)
 _ANY = msgspec.json.Decoder()
+_ENCODE = msgspec.json.Encoder().encode
 
 _Result = Event | Rejection
 
@@ -107,6 +113,8 @@ def parse(
     """
     if not key:
         return Rejection(Reason.MISSING_KEY, "message has no key; the key must name the source")
+    if b"\x00" in key:
+        return Rejection(Reason.NUL_CHARACTER, "message key contains a NUL character", "key")
     if not key.isascii():
         try:
             key.decode()
@@ -121,6 +129,8 @@ def parse(
     if not value:
         return Rejection(Reason.EMPTY, "message value is empty")
     checked = _check_bytes(value, max_bytes)
+    if checked is None:
+        checked = _check_ambiguity(value.removeprefix(_BOM))
     if checked is not None:
         return checked
     return _parse_native(value, now)
@@ -139,6 +149,69 @@ def _check_bytes(value: bytes, max_bytes: int) -> Rejection | None:
             return Rejection(
                 Reason.NOT_UTF8, f"message value is not valid UTF-8 (byte {exc.start})"
             )
+    return None
+
+
+def _check_ambiguity(value: bytes) -> Rejection | None:
+    """Refuse a document with a NUL in a string or a repeated member name.
+
+    Both are found without a Python walk in the common case: a JSON NUL can only be
+    written as the escape ``\\u0000``, and a repeated name is dropped by the decoder, so
+    its ``:`` is missing when the decoded document is encoded again (colons inside strings
+    survive the round trip unless written as an escape, which takes the exact path too).
+    Malformed documents pass here and are reported by the typed decode.
+    """
+    escaped_colon = b"\\u003" in value and (b"\\u003a" in value or b"\\u003A" in value)
+    try:
+        tree = _ANY.decode(value)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if b"\\u0000" in value:
+        path = nul_path(tree)
+        if path is not None:
+            return Rejection(
+                Reason.NUL_CHARACTER, f"{path or 'message value'} contains a NUL character",
+                path or None,
+            )
+    colons_lost = value.count(b":") != _ENCODE(tree).count(b":")
+    if not (escaped_colon or colons_lost):
+        return None
+    try:
+        repeated = _duplicate_path(value)
+    except (ValueError, RecursionError):
+        # Beyond what ``json`` reads (an integer of thousands of digits, deep nesting):
+        # without escapes, lost colons can only be repeated names.
+        if escaped_colon:
+            return None
+        return Rejection(Reason.DUPLICATE_KEY, "a member name appears more than once in "
+                         "one object")
+    if repeated is None:
+        return None
+    where, name = repeated
+    field = f"{where}.{name}" if where else name
+    return Rejection(Reason.DUPLICATE_KEY, f"{field} appears more than once in its object",
+                     field)
+
+
+class _Members(list[tuple[str, Any]]):
+    """An object's members as written, repeats kept (``json``'s object_pairs_hook)."""
+
+
+def _duplicate_path(value: bytes) -> tuple[str, str] | None:
+    """(path of the object, repeated name) of the first object repeating a name."""
+    tree = json.loads(value.decode().removeprefix("\ufeff"), object_pairs_hook=_Members)
+    stack: list[tuple[object, str]] = [(tree, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, _Members):
+            seen: set[str] = set()
+            for name, child in node:
+                if name in seen:
+                    return path, name
+                seen.add(name)
+                stack.append((child, f"{path}.{name}" if path else name))
+        elif isinstance(node, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(node))
     return None
 
 
@@ -243,6 +316,9 @@ def _parse_binary(
             texts[name] = raw.decode()
         except UnicodeDecodeError:
             return Rejection(Reason.NOT_UTF8, f"header {name} is not valid UTF-8", name)
+        if "\x00" in texts[name]:
+            return Rejection(Reason.NUL_CHARACTER, f"header {name} contains a NUL character",
+                             name)
     if texts["ce_specversion"] != CLOUDEVENTS_VERSION:
         return _unknown_cloudevents_version("ce_specversion", texts["ce_specversion"])
     for name in ("ce_id", "ce_type", "ce_source"):
@@ -255,6 +331,8 @@ def _parse_binary(
     sections: _Sections | None = None
     if value:
         checked = _check_bytes(value, max_bytes)
+        if checked is None:
+            checked = _check_ambiguity(value.removeprefix(_BOM))
         if checked is not None:
             return checked
         if value.startswith(_BOM):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.core.retry import RetryPolicy
+from streams.core.retry import RetryPolicy, restart_delay
 
 POLICY = RetryPolicy(max_attempts=5, base_seconds=1.0, cap_seconds=60.0)
 
@@ -54,3 +54,18 @@ def test_invalid_inputs_are_refused() -> None:
         POLICY.delay(0, None, 0.5)
     with pytest.raises(ValueError):
         POLICY.delay(1, None, 1.0)
+
+
+@pytest.mark.parametrize(("failures", "ceiling"), [(1, 1.0), (2, 2.0), (4, 8.0), (7, 60.0),
+                                                   (10_000, 60.0)])
+def test_restart_delay_is_between_half_and_all_of_the_ceiling(failures: int,
+                                                             ceiling: float) -> None:
+    assert restart_delay(failures, 0.0) == ceiling / 2
+    assert ceiling / 2 < restart_delay(failures, 0.999) < ceiling
+
+
+def test_restart_delay_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="failures"):
+        restart_delay(0, 0.5)
+    with pytest.raises(ValueError, match="rand"):
+        restart_delay(1, 1.0)

@@ -434,6 +434,44 @@ BAD: dict[str, Case] = {
         Reason.TOO_LARGE,
         None,
     ),
+    # PostgreSQL's text and jsonb cannot hold U+0000: refused wherever a string is kept.
+    "nul-in-key": (b"check\x00out", native(), None, Reason.NUL_CHARACTER, "key"),
+    "nul-in-event-id": (KEY, native(event_id="a\u0000b"), None, Reason.NUL_CHARACTER,
+                        "event_id"),
+    "nul-in-source": (KEY, native(source="bad\u0000source"), None, Reason.NUL_CHARACTER,
+                      "source"),
+    "nul-in-route": (KEY, native(http={"route": "/a\u0000"}), None, Reason.NUL_CHARACTER,
+                     "http.route"),
+    "nul-in-method": (KEY, native(http={"method": "\u0000"}), None, Reason.NUL_CHARACTER,
+                      "http.method"),
+    "nul-in-error-message": (KEY, native(error={"message": "x\u0000"}), None,
+                             Reason.NUL_CHARACTER, "error.message"),
+    "nul-in-error-type": (KEY, native(error={"type": "\u0000"}), None,
+                          Reason.NUL_CHARACTER, "error.type"),
+    "nul-in-user-id": (KEY, native(user_id="\u0000"), None, Reason.NUL_CHARACTER,
+                       "user_id"),
+    "nul-in-attribute-name": (KEY, native(attributes={"a\u0000": 1}), None,
+                              Reason.NUL_CHARACTER, "attributes.a\u0000"),
+    "nul-deep-in-attributes": (KEY, native(attributes={"l": [1, {"s": "\u0000"}]}), None,
+                               Reason.NUL_CHARACTER, "attributes.l[1].s"),
+    "nul-in-ce-data": (KEY, structured(data={"http": {"route": "\u0000"}}), None,
+                       Reason.NUL_CHARACTER, "data.http.route"),
+    "nul-in-ce-header": (KEY, b"", ce_headers(ce_source=b"a\x00"), Reason.NUL_CHARACTER,
+                         "ce_source"),
+    "nul-in-binary-data": (KEY, encode({"user_id": "\u0000"}), ce_headers(),
+                           Reason.NUL_CHARACTER, "user_id"),
+    # A repeated member name: which value counts depends on the parser.
+    "duplicate-top-level": (KEY, native().replace(b"{", b'{"source": "other", ', 1), None,
+                            Reason.DUPLICATE_KEY, "source"),
+    "duplicate-in-http": (KEY, native_raw("http", b'{"status_code": 200, "status_code": 500}'),
+                          None, Reason.DUPLICATE_KEY, "http.status_code"),
+    "duplicate-deep": (KEY, native_raw("attributes", b'{"l": [{"a": 1, "a": 2}]}'), None,
+                       Reason.DUPLICATE_KEY, "attributes.l[0].a"),
+    "duplicate-behind-escaped-colon": (
+        KEY, native_raw("attributes", b'{"k\\u003a": 1, "k:": 2, "x": 1, "x": 2}'), None,
+        Reason.DUPLICATE_KEY, "attributes.k:"),
+    "duplicate-in-binary-data": (KEY, b'{"severity": "info", "severity": "error"}',
+                                 ce_headers(), Reason.DUPLICATE_KEY, "severity"),
 }
 
 
@@ -456,8 +494,9 @@ def test_bad_input_is_rejected_with_reason_and_field(
 
 def test_bad_corpus_is_large_and_covers_every_reason() -> None:
     assert len(BAD) >= 30
-    # ai_failed is the analyst's reason, not a verdict on an event.
-    assert {case[3] for case in BAD.values()} == set(Reason) - {Reason.AI_FAILED}
+    # Not verdicts of the schema: the analyst's, the sinks' and the batcher's own failure.
+    others = {Reason.AI_FAILED, Reason.DB_REJECTED, Reason.UNPROCESSABLE}
+    assert {case[3] for case in BAD.values()} == set(Reason) - others
 
 
 @pytest.mark.parametrize(
@@ -594,14 +633,13 @@ def test_bom_is_ignored() -> None:
     assert isinstance(parse(KEY, b"\xef\xbb\xbf" + structured(), None, now=NOW), Event)
 
 
-def test_duplicate_keys_last_one_wins() -> None:
-    """Decision: accepted like Python's json does; detecting them costs a second decode."""
-    value = native().replace(b"{", b'{"event_id": "first", ', 1)
-
-    event = parse(KEY, value, None, now=NOW)
-
-    assert isinstance(event, Event)
-    assert event.event_id == MINIMAL["event_id"]
+def test_what_only_looks_like_a_nul_or_a_repeat_is_accepted() -> None:
+    """An escaped backslash before u0000, a colon escape without a repeat, and the same
+    name in two different objects are all fine."""
+    for value in (native(attributes={"path": "C:\\u0000"}),
+                  native_raw("attributes", b'{"k\\u003a": 1, "k": 2}'),
+                  native(http={"route": "/a"}, attributes={"route": "/b"})):
+        assert isinstance(parse(KEY, value, None, now=NOW), Event), value
 
 
 def test_limits_follow_max_bytes() -> None:
@@ -645,3 +683,21 @@ def test_json_schema_matches_event_struct() -> None:
     assert set(severities) - {None} == {"debug", "info", "warning", "error", "critical"}
     for example in schema["examples"]:
         assert isinstance(parse(KEY, encode(example), None, now=NOW), Event)
+
+
+def test_json_schema_refuses_nul_in_every_string_field() -> None:
+    """Every string the schema names declares the NUL rule that parse enforces."""
+    schema = json.loads(
+        resources.files("streams").joinpath("schemas/event.schema.json").read_text())
+    strings = [(name, spec) for name, spec in schema["properties"].items()
+               if "string" in spec.get("type", []) and spec.get("format") != "date-time"]
+    for section in ("http", "error"):
+        strings += [(f"{section}.{name}", spec) for name, spec in
+                    schema["properties"][section]["properties"].items()
+                    if "string" in spec.get("type", [])]
+    assert len(strings) == 9
+    for name, spec in strings:
+        assert spec.get("pattern") == "^[^\\u0000]*$", name
+        assert isinstance(parse(KEY, native(**{name: "a\u0000"}) if "." not in name else
+                                native(**{name.split(".")[0]: {name.split(".")[1]: "\u0000"}}),
+                                None, now=NOW), Rejection), name

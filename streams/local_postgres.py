@@ -164,18 +164,19 @@ class LocalPostgres:
         return self
 
     def running_port(self) -> int | None:
-        """The port of the postmaster serving ``data``, when one is alive."""
+        """The port of the postmaster serving ``data``, when one answers there."""
+        pid_file = self.data / "postmaster.pid"
         try:
-            lines = (self.data / "postmaster.pid").read_text().splitlines()
-            pid, port = int(lines[0]), int(lines[3])
+            port = int(pid_file.read_text().splitlines()[3])
         except (OSError, IndexError, ValueError):
             return None
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        except OSError:
+            # Left by a server that was killed (the machine restarted, say): its pid may
+            # belong to another process by now, which would make the server refuse to start.
+            pid_file.unlink(missing_ok=True)
             return None
-        except PermissionError:
-            pass
         return port
 
     def start(self) -> LocalPostgres:

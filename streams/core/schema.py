@@ -161,12 +161,14 @@ def _check_ambiguity(value: bytes) -> Rejection | None:
     survive the round trip unless written as an escape, which takes the exact path too).
     Malformed documents pass here and are reported by the typed decode.
     """
-    escaped_colon = b"\\u003" in value and (b"\\u003a" in value or b"\\u003A" in value)
+    # Both escapes need a backslash, which most events do not have at all.
+    escapes = b"\\" in value
+    escaped_colon = escapes and (b"\\u003a" in value or b"\\u003A" in value)
     try:
         tree = _ANY.decode(value)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    if b"\\u0000" in value:
+    if escapes and b"\\u0000" in value:
         path = nul_path(tree)
         if path is not None:
             return Rejection(

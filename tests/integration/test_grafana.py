@@ -258,7 +258,7 @@ async def _fill(dsn: str, now: datetime) -> None:
             for table, rows in tables.items():
                 # A writer of our own: WRITERS' instances keep state between writes.
                 writer = CopyWriter(table, WRITERS[table].columns)
-                assert await writer.write(conn, rows) == len(rows), table
+                assert (await writer.write(conn, rows)).added == len(rows), table
             await conn.execute(
                 "UPDATE batches SET status = CASE WHEN batch_id = ANY($1::uuid[]) "
                 "THEN 'DEAD' ELSE 'ANALYZED' END", dead)

@@ -46,6 +46,12 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from streams import config
 from streams.adapters.kafka import kafka_error, make_admin
@@ -394,20 +400,41 @@ def plan_reset(bootstrap: str, group: str, topic: str, target: Target,
         reader.close()
 
 
+class _CoordinatorMoving(StreamsightError):
+    """The group's coordinator is being elected or loaded: asking again will do."""
+
+
+# Kafka answers these while the offsets topic is created (a new cluster's first group)
+# or a coordinator moves; Tansu never does.
+_COORDINATOR_MOVING = frozenset({"NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS",
+                                 "COORDINATOR_NOT_AVAILABLE"})
+
+
 def apply_reset(bootstrap: str, plan: ResetPlan) -> None:
     admin = make_admin(bootstrap)
     ensure_idle(admin, plan.group)
     request = ConsumerGroupTopicPartitions(plan.group, [
         TopicPartition(plan.topic, p.partition, p.target) for p in plan.partitions])
-    try:
-        result = admin.alter_consumer_group_offsets(
-            [request], request_timeout=TIMEOUT_S)[plan.group].result()
-    except KafkaException as exc:
-        raise kafka_error(exc, f"moving the offsets of consumer group {plan.group}") from exc
-    for tp in result.topic_partitions:
-        if tp.error is not None:
-            raise StreamsightError(f"moving {plan.group} on {plan.topic}/{tp.partition} "
-                                   f"failed: {tp.error.str()} ({tp.error.name()})")
+    for attempt in Retrying(retry=retry_if_exception_type(_CoordinatorMoving),
+                            stop=stop_after_delay(TIMEOUT_S),
+                            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
+                            reraise=True):
+        with attempt:
+            try:
+                result = admin.alter_consumer_group_offsets(
+                    [request], request_timeout=TIMEOUT_S)[plan.group].result()
+            except KafkaException as exc:
+                raise kafka_error(exc, f"moving the offsets of consumer group {plan.group}",
+                                  ) from exc
+            failed = [tp for tp in result.topic_partitions if tp.error is not None]
+            if not failed:
+                return
+            first = failed[0]
+            message = (f"moving {plan.group} on {plan.topic}/{first.partition} failed: "
+                       f"{first.error.str()} ({first.error.name()})")
+            if all(tp.error.name() in _COORDINATOR_MOVING for tp in failed):
+                raise _CoordinatorMoving(message)
+            raise StreamsightError(message)
 
 
 def run_reset(settings: config.Settings, *, group: str, topic: str | None, target: Target,

@@ -7,17 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from streams.embedded import EmbeddedBroker
-from tests.integration.harness import Worker, own_broker
+from tests.integration.harness import Broker, Worker, own_broker
 
 WorkerFactory = Callable[..., Worker]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``kafka`` run twice, on Tansu and on Apache Kafka: what we claim
+    about Kafka is shown on Kafka."""
+    if "fresh_broker" in metafunc.fixturenames:
+        kinds = ["tansu", "kafka"] if metafunc.definition.get_closest_marker("kafka") else [
+            "tansu"]
+        metafunc.parametrize("fresh_broker", kinds, indirect=True)
+
+
 @pytest.fixture
-def fresh_broker() -> Iterator[EmbeddedBroker]:
+def fresh_broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     """A broker of this test's own (with topics.yaml applied): tests that kill workers
     must not share topics or consumer groups with other tests."""
-    yield from own_broker()
+    yield from own_broker(request.param)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import asyncpg
 import orjson
@@ -20,21 +21,36 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from streams.adapters.kafka import apply_plan, load_topics, make_admin, plan_topics
 from streams.embedded import EmbeddedBroker, start_broker
+from streams.local_kafka import KafkaCluster
 from streams.synthetic import TrafficGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def own_broker() -> Iterator[EmbeddedBroker]:
+class Broker(Protocol):
+    """What the tests need of a broker, Tansu or Apache Kafka."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def own_broker(kind: str = "tansu") -> Iterator[Broker]:
     """A broker for one test, with every topic of topics.yaml: tests that kill workers
-    must not share consumer groups or topics with other tests."""
-    broker = start_broker()
+    must not share consumer groups or topics with other tests. ``kind`` is ``tansu`` or
+    ``kafka`` (Apache Kafka 4.4, one KRaft node)."""
+    broker: EmbeddedBroker | KafkaCluster
+    broker = start_broker() if kind == "tansu" else KafkaCluster(1).start()
     try:
         admin = make_admin(broker.bootstrap)
         apply_plan(admin, plan_topics(admin, load_topics(ROOT / "topics.yaml")))
         yield broker
     finally:
-        broker.stop()
+        if isinstance(broker, KafkaCluster):
+            broker.close()
+        else:
+            broker.stop()
 
 
 class Worker:
@@ -84,7 +100,7 @@ class Worker:
                          for p in sorted(self.log_dir.glob(f"{self.name}-*.log")))
 
 
-def worker_env(broker: EmbeddedBroker, dsn: str, **extra: str) -> dict[str, str]:
+def worker_env(broker: Broker, dsn: str, **extra: str) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
         "DATABASE_URL": dsn,

@@ -12,9 +12,9 @@ import orjson
 
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import insight_id_for
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
+    Broker,
     Worker,
     batch_rows,
     events_batched,
@@ -31,23 +31,23 @@ AI_NAME = f"openai:{MODEL}/v1"
 BOTH = "batcher,analyst"
 
 
-def ai_env(broker: EmbeddedBroker, dsn: str, server: AIServer, **extra: str) -> dict[str, str]:
+def ai_env(broker: Broker, dsn: str, server: AIServer, **extra: str) -> dict[str, str]:
     return worker_env(broker, dsn, OPENAI_API_KEY="sk-test-secret-key",
                       OPENAI_BASE_URL=server.base_url, OPENAI_MODEL=MODEL,
                       OPENAI_TIMEOUT_SECONDS="30", **extra)
 
 
-async def topic(broker: EmbeddedBroker, name: str) -> list[tuple[Any, Any, dict[str, bytes]]]:
+async def topic(broker: Broker, name: str) -> list[tuple[Any, Any, dict[str, bytes]]]:
     return await asyncio.to_thread(read_topic, broker.bootstrap, name, idle=2.0)
 
 
-async def ai_failures(broker: EmbeddedBroker) -> list[dict[str, Any]]:
+async def ai_failures(broker: Broker) -> list[dict[str, Any]]:
     """The analyst's records on `errors` (the batcher's event error records left out)."""
     return [record for _key, value, _headers in await topic(broker, "errors")
             for record in orjson.loads(value) if record["type"] == "ai_failed"]
 
 
-async def insights(broker: EmbeddedBroker) -> dict[str, dict[str, Any]]:
+async def insights(broker: Broker) -> dict[str, dict[str, Any]]:
     """Insights by id; an id published twice must carry the same analysis."""
     found: dict[str, dict[str, Any]] = {}
     for _key, value, _headers in await topic(broker, "insights"):
@@ -64,13 +64,13 @@ async def wait_for(check: Any, within: float, what: str, worker: Worker) -> None
         await asyncio.sleep(0.5)
 
 
-async def one_batch(broker: EmbeddedBroker) -> None:
+async def one_batch(broker: Broker) -> None:
     """100 events of one source: exactly one batch, sealed by count."""
     await asyncio.to_thread(produce, broker.bootstrap, 100, sources=1, seed=5)
 
 
 async def test_builtin_analyzer_writes_one_insight_per_batch(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     worker = workers("builtin", worker_env(fresh_broker, migrated_database,
                                            BATCH_MAX_AGE_SECONDS="3"), BOTH)
@@ -95,7 +95,7 @@ async def test_builtin_analyzer_writes_one_insight_per_batch(
 
 
 async def test_openai_retries_honour_retry_after_and_record_each_call(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     ai_server.script(Reply.status(429, retry_after=2), Reply.status(500),
@@ -126,7 +126,7 @@ async def test_openai_retries_honour_retry_after_and_record_each_call(
 
 
 async def test_failed_requests_go_to_dead_letter_with_attempts_and_an_error_record(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     ai_server.default = Reply.status(500)
@@ -156,7 +156,7 @@ async def test_failed_requests_go_to_dead_letter_with_attempts_and_an_error_reco
 
 
 async def test_client_errors_fail_at_once(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     ai_server.default = Reply.status(400, message="model does not exist")
@@ -174,7 +174,7 @@ async def test_client_errors_fail_at_once(
 
 
 async def test_daily_budget_spent_makes_requests_wait(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     worker = workers("spend", ai_env(fresh_broker, migrated_database, ai_server,
@@ -189,7 +189,7 @@ async def test_daily_budget_spent_makes_requests_wait(
 
 
 async def test_breaker_opens_requests_wait_then_one_probe_closes_it(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     cooldown = 5.0
@@ -229,7 +229,7 @@ async def test_breaker_opens_requests_wait_then_one_probe_closes_it(
 
 
 async def test_two_workers_share_one_request_budget(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     per_minute = 60
@@ -255,7 +255,7 @@ async def test_two_workers_share_one_request_budget(
 
 
 async def test_slow_provider_does_not_hold_up_batching(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     ai_server.default = Reply.slow(20)
@@ -294,7 +294,7 @@ def _json(line: str) -> dict[str, Any]:
 
 
 async def test_calls_in_flight_at_a_crash_are_redone_and_stay_single(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     ai_server.default = Reply.slow(30)

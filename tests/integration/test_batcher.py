@@ -8,9 +8,9 @@ import asyncio
 import orjson
 from confluent_kafka import Producer
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
+    Broker,
     batch_rows,
     events_batched,
     read_topic,
@@ -24,7 +24,7 @@ def event(event_id: str, **extra: object) -> bytes:
 
 
 async def test_odd_input_is_batched_once_or_dead_lettered_with_its_origin(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     producer = Producer({"bootstrap.servers": fresh_broker.bootstrap, "acks": "all"})
     sent = [

@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import pytest
 from confluent_kafka import Producer
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     ROOT,
+    Broker,
     batch_rows,
     produce,
     read_topic,
@@ -54,8 +55,9 @@ async def wait_for(bootstrap: str, topic: str, count: int, within: float = 60) -
         await asyncio.sleep(0.5)
 
 
+@pytest.mark.kafka
 async def test_list_show_and_redrive_invalid_events_twice(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     bootstrap = fresh_broker.bootstrap
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="2")
@@ -141,8 +143,9 @@ async def test_list_show_and_redrive_invalid_events_twice(
     assert worker.stop() == 0
 
 
+@pytest.mark.kafka
 async def test_a_message_valid_after_a_fix_is_batched_when_redriven(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     bootstrap = fresh_broker.bootstrap
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="1")

@@ -44,7 +44,7 @@ from streams.batcher import BatcherHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.models import AnalysisRequest, ErrorRecord, Insight, PerformanceRow
 from streams.core.retry import RetryPolicy
-from streams.embedded import EmbeddedBroker, create_database, drop_database
+from streams.embedded import create_database, drop_database
 from streams.sinks import (
     SinkHandler,
     array_items,
@@ -53,7 +53,7 @@ from streams.sinks import (
     one_record,
     performance_rows,
 )
-from tests.integration.harness import own_broker, read_topic
+from tests.integration.harness import Broker, own_broker, read_topic
 from tests.support.batches import make_analysis_request, sample_events
 from tests.support.records import Record
 
@@ -221,7 +221,7 @@ MESSAGES = {
 @dataclass
 class Rig:
     loop: asyncio.AbstractEventLoop
-    broker: EmbeddedBroker
+    broker: Broker
     dsn: str
     pool: asyncpg.Pool
     producer: AIOKafkaProducer

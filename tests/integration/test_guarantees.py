@@ -15,9 +15,9 @@ import orjson
 import pytest
 
 from streams.core.models import Reason
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
+    Broker,
     Traffic,
     Worker,
     batch_rows,
@@ -50,7 +50,7 @@ async def wait_until_batched(dsn: str, expected: int, workers: list[Worker],
         await asyncio.sleep(0.5)
 
 
-async def assert_guarantees(broker: EmbeddedBroker, dsn: str, traffic: Traffic) -> None:
+async def assert_guarantees(broker: Broker, dsn: str, traffic: Traffic) -> None:
     """Every acknowledged valid event in exactly one sealed batch, every invalid one on
     dead-letter with its origin, no batch twice, count-sealed batches exactly full."""
     assert traffic.failed == 0
@@ -88,8 +88,9 @@ async def assert_guarantees(broker: EmbeddedBroker, dsn: str, traffic: Traffic) 
     assert traffic.invalid <= origins, "an invalid message is missing from dead-letter"
 
 
+@pytest.mark.kafka
 async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="4")
     worker = workers("killed", env)
@@ -109,8 +110,9 @@ async def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     assert worker.log_text().count("batcher.recovering") >= 1
 
 
+@pytest.mark.kafka
 async def test_worker_joining_and_leaving_midstream(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="4")
     first = workers("first", env)
@@ -127,8 +129,9 @@ async def test_worker_joining_and_leaving_midstream(
     assert "fetch.revoked" in first.log_text()
 
 
+@pytest.mark.kafka
 async def test_idle_key_seals_by_age_near_its_deadline(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     age = 3.0
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS=str(age))
@@ -147,8 +150,9 @@ async def test_idle_key_seals_by_age_near_its_deadline(
     assert seen_after < age + 4
 
 
+@pytest.mark.kafka
 async def test_clean_shutdown_seals_open_batches_and_restart_adds_nothing(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="600")
     worker = workers("clean", env)

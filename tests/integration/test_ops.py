@@ -12,11 +12,11 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import ROOT, free_port, produce, worker_env
+from tests.integration.harness import ROOT, Broker, free_port, produce, worker_env
 
 SECRET = "sk-test-ops-never-shown-0123456789"
 
@@ -48,7 +48,7 @@ async def wait_for(check: object, within: float, what: str) -> None:
 
 
 async def test_health_metrics_and_readiness(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
 ) -> None:
     port = free_port()
     env = worker_env(fresh_broker, migrated_database, WEB_ENABLED="true", WEB_PORT=str(port),
@@ -126,8 +126,9 @@ def start_exporter(env: dict[str, str], log_path: Path) -> subprocess.Popen[byte
                                 stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+@pytest.mark.kafka
 async def test_lag_keeps_growing_with_every_worker_stopped(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     tmp_path: Path,
 ) -> None:
     port = free_port()

@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 
 from streams.adapters.db import migrate
-from streams.embedded import EmbeddedBroker
 from streams.local_postgres import LocalPostgres
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
+    Broker,
     expected_rows,
     stored_rows,
     wait_for_log,
@@ -42,8 +42,9 @@ def private_postgres() -> Iterator[LocalPostgres]:
         server.close()
 
 
+@pytest.mark.kafka
 async def test_database_down_for_a_minute_under_load(
-    fresh_broker: EmbeddedBroker, private_postgres: LocalPostgres, workers: WorkerFactory
+    fresh_broker: Broker, private_postgres: LocalPostgres, workers: WorkerFactory
 ) -> None:
     dsn = private_postgres.dsn
     await migrate(dsn)

@@ -17,11 +17,12 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from confluent_kafka import Producer
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
+    Broker,
     Worker,
     events_batched,
     expected_rows,
@@ -118,8 +119,9 @@ def dead_letters(bootstrap: str) -> list[dict[str, bytes]]:
     return [headers for _, _, headers in read_topic(bootstrap, "dead-letter", idle=2.0)]
 
 
+@pytest.mark.kafka
 async def test_no_record_on_any_topic_stops_the_pipeline(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory
 ) -> None:
     bootstrap = fresh_broker.bootstrap
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="2")

@@ -18,11 +18,11 @@ from confluent_kafka import Producer
 
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import insight_id_for
-from streams.embedded import EmbeddedBroker
 from streams.reanalyze import request_from_row
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     ROOT,
+    Broker,
     Worker,
     batch_rows,
     produce,
@@ -38,7 +38,7 @@ AGENTS = "batcher,analyst,sink-insights"
 SINCE = "2000-01-01T00:00:00Z"
 
 
-def ai_env(broker: EmbeddedBroker, dsn: str, server: AIServer) -> dict[str, str]:
+def ai_env(broker: Broker, dsn: str, server: AIServer) -> dict[str, str]:
     return worker_env(broker, dsn, OPENAI_API_KEY="sk-test-secret-key",
                       OPENAI_BASE_URL=server.base_url, OPENAI_MODEL=MODEL,
                       OPENAI_TIMEOUT_SECONDS="30")
@@ -73,7 +73,7 @@ async def usage_rows(dsn: str) -> list[asyncpg.Record]:
     return await fetch(dsn, "SELECT batch_id, analyzer, outcome FROM ai_usage")
 
 
-async def requests_on_topic(broker: EmbeddedBroker) -> int:
+async def requests_on_topic(broker: Broker) -> int:
     return len(await asyncio.to_thread(read_topic, broker.bootstrap, "analysis-requests",
                                        idle=1.5))
 
@@ -92,7 +92,7 @@ def line(output: str, prefix: str) -> str:
 
 
 async def test_reanalyze_adds_a_new_analyzers_insights_once(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     dsn = migrated_database

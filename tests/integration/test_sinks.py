@@ -11,9 +11,9 @@ import msgspec
 from confluent_kafka import Producer
 
 from streams.core.models import PerformanceRow
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
+    Broker,
     events_batched,
     expected_rows,
     produce,
@@ -36,7 +36,7 @@ async def counts(dsn: str) -> tuple[int, int, int]:
 
 
 async def test_insights_and_usage_land_once_even_when_replayed(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="3",
@@ -75,7 +75,7 @@ async def test_insights_and_usage_land_once_even_when_replayed(
 
 
 async def test_error_records_and_their_usage_land_once(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
     ai_server: AIServer,
 ) -> None:
     ai_server.default = Reply.status(500)
@@ -118,7 +118,7 @@ async def test_error_records_and_their_usage_land_once(
 
 
 async def test_performance_rows_land_once_and_feed_the_aggregates(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
 ) -> None:
     base = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
     rows = [PerformanceRow(time=base + timedelta(seconds=n), source=f"svc{n % 3}",
@@ -172,7 +172,7 @@ async def test_performance_rows_land_once_and_feed_the_aggregates(
 
 
 async def test_batcher_rows_reach_grafana_tables_once_across_a_crash(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
 ) -> None:
     """Every timed event becomes one api_performance row and every error event one
     error_events row naming its batch, though the worker is killed mid-stream."""

@@ -6,14 +6,22 @@ import asyncio
 import time
 
 import asyncpg
+import pytest
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import events_batched, free_port, produce, run_cli, worker_env
+from tests.integration.harness import (
+    Broker,
+    events_batched,
+    free_port,
+    produce,
+    run_cli,
+    worker_env,
+)
 
 
+@pytest.mark.kafka
 async def test_status_shows_the_whole_pipeline(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
 ) -> None:
     port = free_port()
     env = worker_env(fresh_broker, migrated_database, WEB_ENABLED="true", WEB_PORT=str(port),

@@ -10,16 +10,15 @@ import json
 import aiohttp
 import asyncpg
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import events_batched, free_port, produce, worker_env
+from tests.integration.harness import Broker, events_batched, free_port, produce, worker_env
 from tests.integration.test_ops import get, total, wait_for
 
 AGENTS = "batcher,analyst,sink-insights,sink-performance,sink-errors"
 
 
 async def test_a_failing_agent_is_restarted_while_the_others_go_on(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
 ) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"

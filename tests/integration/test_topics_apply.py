@@ -24,8 +24,8 @@ from streams.adapters.kafka import (
     make_admin,
     plan_topics,
 )
-from streams.embedded import EmbeddedBroker
 from streams.errors import PermanentError
+from tests.integration.harness import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ CONFIGS = {"retention.ms": "86400000", "cleanup.policy": "delete", "max.message.
 
 
 @pytest.fixture
-def admin(broker: EmbeddedBroker) -> Iterator[AdminClient]:
+def admin(broker: Broker) -> Iterator[AdminClient]:
     yield make_admin(broker.bootstrap)
 
 
@@ -190,7 +190,7 @@ def write_topics(path: Path, names: list[str]) -> Path:
     return path
 
 
-def run_cli(broker: EmbeddedBroker, cwd: Path, *args: str, app_id: str = "cli-test",
+def run_cli(broker: Broker, cwd: Path, *args: str, app_id: str = "cli-test",
             ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "COLUMNS": "200",
            "APP_ID": app_id}
@@ -206,7 +206,7 @@ def run_cli(broker: EmbeddedBroker, cwd: Path, *args: str, app_id: str = "cli-te
 
 
 def test_cli_dry_run_then_apply_then_no_op(
-    broker: EmbeddedBroker, admin: AdminClient, tmp_path: Path
+    broker: Broker, admin: AdminClient, tmp_path: Path
 ) -> None:
     names = [unique("cli-a"), unique("cli-b")]
     topics = write_topics(tmp_path / "topics.yaml", names)
@@ -231,7 +231,7 @@ def test_cli_dry_run_then_apply_then_no_op(
     assert second.stdout.count(" ok ") == 3
 
 
-def test_cli_malformed_file_is_one_line_and_exit_1(broker: EmbeddedBroker, tmp_path: Path) -> None:
+def test_cli_malformed_file_is_one_line_and_exit_1(broker: Broker, tmp_path: Path) -> None:
     name = unique("bad")
     topics = write_topics(tmp_path / "topics.yaml", [name])
     topics.write_text(topics.read_text().replace("partitions: 2", "partitions: -2"))

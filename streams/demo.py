@@ -52,6 +52,7 @@ from streams.embedded import (
     start_broker,
 )
 from streams.errors import RetryableError, StreamsightError
+from streams.local_kafka import KAFKA_VERSION, KafkaCluster
 from streams.produce import ProduceReport
 from streams.produce import produce as send_traffic
 
@@ -96,6 +97,8 @@ class DemoOptions:
     duration: float | None = None
     database: str = "streamsight_demo"
     admin_dsn: str | None = None
+    #: ``tansu`` (embedded, starts in milliseconds) or ``kafka`` (Apache Kafka 4.4).
+    broker: str = "tansu"
     run_dir: Path = Path(".run/demo")
     topics_file: Path | None = None
 
@@ -217,7 +220,7 @@ class Demo:
         self.console = console
         self.started = time.monotonic()
         self.run_dir = opts.run_dir.resolve()
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | KafkaCluster | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.worker_log = self.run_dir / "worker.log"
         self.consumer: Consumer | None = None
@@ -270,8 +273,12 @@ class Demo:
         # Only what the demo itself put there: the logs are overwritten below.
         shutil.rmtree(self.run_dir / "worker-data", ignore_errors=True)
 
-        with self.step("embedded Kafka broker (Tansu)"):
-            self.broker = start_broker(log_path=self.run_dir / "tansu.log")
+        if self.opts.broker == "kafka":
+            with self.step(f"Apache Kafka {KAFKA_VERSION} (one KRaft node)"):
+                self.broker = KafkaCluster(1, root=self.run_dir / "kafka").start()
+        else:
+            with self.step("embedded Kafka broker (Tansu)"):
+                self.broker = start_broker(log_path=self.run_dir / "tansu.log")
         with self.step(f"PostgreSQL database {opts.database}"):
             admin_dsn = ensure_postgres(opts.admin_dsn)
             drop_database(admin_dsn, opts.database)
@@ -911,7 +918,10 @@ class Demo:
                 self.consumer.close()
                 self.consumer = None
             if self.broker is not None:
-                self.broker.stop()
+                if isinstance(self.broker, KafkaCluster):
+                    self.broker.close()
+                else:
+                    self.broker.stop()
                 self.broker = None
                 self.console.print("broker stopped")
 

@@ -12,7 +12,7 @@ INTEGRATION_JOBS ?= 3
 # Alert-rule tests for promtool; `test` runs them as soon as such files exist.
 PROMTOOL_TESTS := $(wildcard prometheus/*test*.yml prometheus/tests/*.yml)
 
-# Debian packages the tests need (promtool); installed where missing, as root or by sudo.
+# Debian packages the tests need (promtool, kcat); installed where missing, as root or by sudo.
 APT_GET := $(if $(filter 0,$(shell id -u)),,sudo -n) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: help venv tools services test test-unit test-integration test-rules lint bench demo
@@ -29,9 +29,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-tools: ## install promtool (Debian's prometheus package) when it is missing
-	@command -v promtool >/dev/null 2>&1 || { $(APT_GET) update -qq && \
-		$(APT_GET) install -y -qq --no-install-recommends prometheus </dev/null; }
+tools: ## install promtool and kcat (Debian's prometheus and kcat) when they are missing
+	@missing="$$(command -v promtool >/dev/null 2>&1 || echo prometheus) \
+		$$(command -v kcat >/dev/null 2>&1 || echo kcat)"; \
+	if [ -n "$${missing// /}" ]; then \
+		$(APT_GET) update -qq && \
+		$(APT_GET) install -y -qq --no-install-recommends $$missing </dev/null; \
+	fi
 
 services: venv ## make sure PostgreSQL answers and both brokers (Tansu, Apache Kafka) start
 	$(PY) -m streams.embedded check

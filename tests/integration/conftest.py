@@ -16,8 +16,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``kafka`` run twice, on Tansu and on Apache Kafka: what we claim
     about Kafka is shown on Kafka."""
     if "fresh_broker" in metafunc.fixturenames:
-        kinds = ["tansu", "kafka"] if metafunc.definition.get_closest_marker("kafka") else [
-            "tansu"]
+        marker = metafunc.definition.get_closest_marker("kafka")
+        if marker is None:
+            kinds = ["tansu"]
+        else:
+            kinds = ["kafka"] if marker.kwargs.get("only") else ["tansu", "kafka"]
         metafunc.parametrize("fresh_broker", kinds, indirect=True)
 
 

@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
 PYTEST_ARGS ?= --timeout=600
 # Integration tests in parallel processes (pytest-xdist); INTEGRATION_JOBS=0 runs them in one.
+# The runs on Apache Kafka come after the others, fewer at once: each starts JVMs.
 INTEGRATION_JOBS ?= 3
+KAFKA_JOBS ?= 2
 # Alert-rule tests for promtool; `test` runs them as soon as such files exist.
 PROMTOOL_TESTS := $(wildcard prometheus/*test*.yml prometheus/tests/*.yml)
 
@@ -42,14 +44,16 @@ services: venv ## make sure PostgreSQL answers and both brokers (Tansu, Apache K
 
 test: venv tools services ## everything: unit, integration (real broker + PostgreSQL), alert rules
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
-	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q tests/integration
+	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q -m "not on_kafka" tests/integration
+	$(PY) -m pytest $(PYTEST_ARGS) -n $(KAFKA_JOBS) -q -m on_kafka tests/integration
 	@$(MAKE) --no-print-directory test-rules
 
 test-unit: venv ## unit tests only: no services, seconds
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
 
 test-integration: venv tools services ## integration tests only
-	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q tests/integration
+	$(PY) -m pytest $(PYTEST_ARGS) -n $(INTEGRATION_JOBS) -q -m "not on_kafka" tests/integration
+	$(PY) -m pytest $(PYTEST_ARGS) -n $(KAFKA_JOBS) -q -m on_kafka tests/integration
 
 test-rules: tools ## promtool tests of the Prometheus alert rules (when there are any)
 ifneq ($(strip $(PROMTOOL_TESTS)),)

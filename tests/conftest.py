@@ -31,6 +31,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION_DIR in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.integration)
+        # The runs on Apache Kafka: make test gives them a pass of their own, with fewer
+        # at once (each brings JVMs of its own on a two-core machine).
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        if ("kafka" in (params.get("fresh_broker"), params.get("broker"))
+                or "cluster" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.on_kafka)
 
 
 @pytest.fixture(scope="session")

@@ -182,7 +182,12 @@ class LagCollector(Collector):
         self.failures = 0
 
     def update(self, groups: list[GroupLag], at: float) -> None:
-        self.latest, self.read_at = groups, at
+        self.latest, self.read_at, self.failures = groups, at, 0
+
+    def failed(self, error: str) -> None:
+        """A reading failed: the previous values stay exposed, the failure is counted."""
+        self.failures += 1
+        log.warning("lag.read_failed", error=error, failures=self.failures)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         messages = GaugeMetricFamily(
@@ -222,10 +227,8 @@ class LagCollector(Collector):
         try:
             groups = reader.read()
         except KafkaException as exc:
-            self.failures += 1
-            log.warning("lag.read_failed", error=str(exc), failures=self.failures)
+            self.failed(str(exc))
             return
-        self.failures = 0
         self.update(groups, time.time())
 
     def summary(self) -> dict[str, object]:

@@ -19,7 +19,13 @@ import asyncpg
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from streams.adapters.kafka import apply_plan, load_topics, make_admin, plan_topics
+from streams.adapters.kafka import (
+    apply_plan,
+    faust_leader_topic,
+    load_topics,
+    make_admin,
+    plan_topics,
+)
 from streams.embedded import EmbeddedBroker, start_broker
 from streams.local_kafka import KafkaCluster
 from streams.synthetic import TrafficGenerator
@@ -44,7 +50,9 @@ def own_broker(kind: str = "tansu") -> Iterator[Broker]:
     broker = start_broker() if kind == "tansu" else KafkaCluster(1).start()
     try:
         admin = make_admin(broker.bootstrap)
-        apply_plan(admin, plan_topics(admin, load_topics(ROOT / "topics.yaml")))
+        declared = load_topics(ROOT / "topics.yaml")
+        # As `streamsight topics apply` does: Kafka creates no topic on first use.
+        apply_plan(admin, plan_topics(admin, [*declared, faust_leader_topic("it", declared)]))
         yield broker
     finally:
         if isinstance(broker, KafkaCluster):

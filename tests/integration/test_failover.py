@@ -96,6 +96,18 @@ class Progress:
                 pass  # the worker answers again in a moment; a gap shows as a pause
             await asyncio.sleep(0.2)
 
+    async def resumed(self, since: float, within: float = 90) -> None:
+        """Until the counter moves again after ``since`` (consumption goes on)."""
+        deadline = time.monotonic() + within
+        while True:
+            # Nothing read yet counts as nothing consumed.
+            before = [0.0, *(n for t, n in self.samples if t <= since)]
+            after = [n for t, n in self.samples if t > since]
+            if after and after[-1] > before[-1]:
+                return
+            assert time.monotonic() < deadline, "consumption did not resume"
+            await asyncio.sleep(0.2)
+
     def pause_after(self, start: float, end: float) -> float:
         """The longest time in [start, end] during which the counter did not move."""
         moves = [t for (_, before), (t, n) in itertools.pairwise(self.samples)
@@ -114,10 +126,11 @@ async def test_three_brokers_survive_a_kill_a_stalled_controller_and_a_rolling_r
     await wait_for_log(worker, "fetch.assigned", 5, within=90)
     admin = make_admin(cluster.bootstrap)
     progress = Progress(f"http://127.0.0.1:{port}/metrics")
-    producer, traffic = produce_in_background(cluster.bootstrap, 15000, rate=100, seed=41)
+    # Long enough to outlast the three faults: the last pause is read from traffic too.
+    producer, traffic = produce_in_background(cluster.bootstrap, 24000, rate=120, seed=41)
     pauses: dict[str, float] = {}
     try:
-        await asyncio.sleep(10)
+        await progress.resumed(time.monotonic())  # traffic flows before the first fault
 
         started = time.monotonic()
         victim = leader_of_most(admin, cluster, "events")
@@ -125,7 +138,7 @@ async def test_three_brokers_survive_a_kill_a_stalled_controller_and_a_rolling_r
         await asyncio.sleep(15)
         victim.start(cluster.libs)
         await asyncio.to_thread(cluster.wait_until_serving)
-        await asyncio.sleep(10)
+        await progress.resumed(time.monotonic())
         pauses["SIGKILL of the events leader, restart after 15 s"] = progress.pause_after(
             started, time.monotonic())
 
@@ -134,7 +147,7 @@ async def test_three_brokers_survive_a_kill_a_stalled_controller_and_a_rolling_r
         controller.signal(signal.SIGSTOP)
         await asyncio.sleep(30)
         controller.signal(signal.SIGCONT)
-        await asyncio.sleep(10)
+        await progress.resumed(time.monotonic())
         pauses["active controller stopped for 30 s"] = progress.pause_after(
             started, time.monotonic())
 
@@ -143,7 +156,7 @@ async def test_three_brokers_survive_a_kill_a_stalled_controller_and_a_rolling_r
             node.stop()
             node.start(cluster.libs)
             await asyncio.to_thread(cluster.wait_until_serving)
-        await asyncio.sleep(5)
+        await progress.resumed(time.monotonic())
         pauses["rolling restart of all three"] = progress.pause_after(
             started, time.monotonic())
         await asyncio.to_thread(producer.join)

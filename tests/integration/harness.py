@@ -178,22 +178,36 @@ def produce(
     return traffic
 
 
-def read_topic(bootstrap: str, topic: str, *, idle: float = 3.0, partitions: int = 4,
+def read_topic(bootstrap: str, topic: str, *, idle: float = 3.0, within: float = 120,
                ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
-    """Every message of ``topic`` from the beginning, read until ``idle`` seconds pass
-    without one. Assigned, not subscribed: no consumer-group join to wait for."""
+    """Every message of ``topic`` from the beginning: read at least up to each partition's
+    high watermark as it was when called, then until ``idle`` seconds pass without one
+    (Tansu's watermarks trail; under load a quiet spell alone ended reads too early).
+    Assigned, not subscribed: no consumer-group join to wait for."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{random.random()}",
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
-    last = time.monotonic()
     try:
-        while time.monotonic() - last < idle:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends: dict[int, int] = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        deadline = time.monotonic() + within
+        last = time.monotonic()
+        while ends or time.monotonic() - last < idle:
+            assert time.monotonic() < deadline, f"{topic}: not read up to {ends}"
             for message in consumer.consume(1000, 0.2):
                 if message.error() is None:
                     headers = {k: v for k, v in (message.headers() or []) if v is not None}
                     out.append((message.key(), message.value(), headers))
                     last = time.monotonic()
+            if ends:
+                reached = consumer.position([TopicPartition(topic, p) for p in ends])
+                ends = {tp.partition: ends[tp.partition] for tp in reached
+                        if tp.offset < ends[tp.partition]}
     finally:
         consumer.close()
     return out

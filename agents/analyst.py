@@ -24,7 +24,6 @@ log = structlog.get_logger(__name__)
 
 class AnalystService(AgentService):
     agent = "analyst"
-    topic = config.ANALYSIS_REQUESTS_TOPIC
 
     def __init__(self, settings: config.Settings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -53,6 +52,7 @@ class AnalystService(AgentService):
             breaker=self.breaker,
             policy=RetryPolicy(s.ai_max_attempts),
             insights=InsightIndex(self.pool),
+            topics=s.topics,
         )
         metrics.AI_DAILY_BUDGET.set(s.ai_budget_usd_per_day or 0)
         log.info("analyst.ready", analyzer=analyst.name)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agents.service import AgentService
-from streams import config
 from streams.adapters.batch_store import BatchStore
 from streams.adapters.fetch import FetchHandler
 from streams.batcher import BatcherHandler
@@ -11,7 +10,6 @@ from streams.batcher import BatcherHandler
 
 class BatcherService(AgentService):
     agent = "batcher"
-    topic = config.EVENTS_TOPIC
 
     async def build_handler(self) -> tuple[FetchHandler, int]:
         s = self.settings
@@ -21,6 +19,7 @@ class BatcherService(AgentService):
             max_events=s.batch_max_events,
             max_age_seconds=s.batch_max_age_seconds,
             max_event_bytes=s.max_event_bytes,
+            topics=s.topics,
         )
         return handler, s.consumer_max_records
 

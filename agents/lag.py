@@ -65,7 +65,7 @@ class LagService(Service):
     @Service.task
     async def _refresh(self) -> None:
         s = self.settings
-        groups = agent_groups(s.app_id, config.AGENT_TOPICS)
+        groups = agent_groups(s.app_id, s.topics.of_agents())
         loop = asyncio.get_running_loop()
         while not self.should_stop:
             assert self._pool is not None, "started"

@@ -20,8 +20,6 @@ class AgentService(Service):
 
     #: Short name: consumer group ``<APP_ID>-<name>``, log field ``loop``.
     agent: str
-    #: The topic the agent reads.
-    topic: str
 
     def __init__(self, settings: config.Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -29,6 +27,11 @@ class AgentService(Service):
         self._pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
         self.fetch: FetchLoop | None = None
+
+    @property
+    def topic(self) -> str:
+        """The topic the agent reads."""
+        return self.settings.topics.of_agents()[self.agent]
 
     @property
     def pool(self) -> asyncpg.Pool:

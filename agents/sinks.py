@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agents.service import AgentService
-from streams import config
 from streams.adapters.copy import Row
 from streams.adapters.fetch import FetchHandler
 from streams.sinks import (
@@ -28,13 +27,13 @@ class SinkService(AgentService):
         raise NotImplementedError
 
     async def build_handler(self) -> tuple[FetchHandler, int]:
-        handler = SinkHandler(self.topic, self.rows_of, self.split, self.pool, self.producer)
+        handler = SinkHandler(self.topic, self.rows_of, self.split, self.pool, self.producer,
+                              self.settings.topics.dead_letter)
         return handler, self.settings.consumer_max_records
 
 
 class InsightSink(SinkService):
     agent = "sink-insights"
-    topic = config.INSIGHTS_TOPIC
     split = staticmethod(one_record)
 
     def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
@@ -43,7 +42,6 @@ class InsightSink(SinkService):
 
 class ErrorSink(SinkService):
     agent = "sink-errors"
-    topic = config.ERRORS_TOPIC
 
     def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
         return error_rows(value)
@@ -51,7 +49,6 @@ class ErrorSink(SinkService):
 
 class PerformanceSink(SinkService):
     agent = "sink-performance"
-    topic = config.PERFORMANCE_TOPIC
 
     def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
         return performance_rows(value)

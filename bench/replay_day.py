@@ -49,7 +49,7 @@ def produce_day(bootstrap: str, per_hour: int, end: datetime) -> int:
     for n in range(total):
         clock["n"] = n
         key, value = generator.next()
-        producer.produce(config.EVENTS_TOPIC, value, key,
+        producer.produce(config.DEFAULT_TOPICS.events, value, key,
                          timestamp=int(now().timestamp() * 1000))
         producer.poll(0)
     assert producer.flush(60) == 0
@@ -73,7 +73,8 @@ def run_until_caught_up(env: dict[str, str], log: Path, dsn: str) -> dict[str, i
         worker = subprocess.Popen([str(BIN), "worker"], env=env, stdout=out,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     reader = LagReader(env["KAFKA_BOOTSTRAP_SERVERS"],
-                       agent_groups(env["APP_ID"], config.AGENT_TOPICS), client_id="replay-day")
+                       agent_groups(env["APP_ID"], config.DEFAULT_TOPICS.of_agents()),
+                       client_id="replay-day")
     try:
         last: dict[str, int] = {}
         steady = 0

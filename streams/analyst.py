@@ -114,8 +114,10 @@ class Analyst:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         insights: Insights | None = None,
+        topics: config.Topics = config.DEFAULT_TOPICS,
     ) -> None:
         self.producer = producer
+        self.topics = topics
         self.insights = insights
         self.history = history
         self.statuses = statuses
@@ -303,7 +305,7 @@ class Analyst:
             created_at=datetime.fromtimestamp(self.clock(), UTC),
             usage=usage,
         )
-        await (await self.producer.send(config.INSIGHTS_TOPIC, _encode(insight),
+        await (await self.producer.send(self.topics.insights, _encode(insight),
                                          key=request.key.encode()))
         await self.statuses.set(request.batch_id, request.first_event_at, "ANALYZED")
         metrics.INSIGHTS.labels(analyzer, result.severity.value).inc()
@@ -314,12 +316,12 @@ class Analyst:
                        usage: list[AIUsage], status: str, origin: Record | None) -> None:
         if origin is not None:
             headers = deadletter.headers(Rejection(Reason.AI_FAILED, error),
-                                         config.ANALYSIS_REQUESTS_TOPIC, origin)
+                                         self.topics.analysis_requests, origin)
         else:
             headers = [
                 ("dlq.reason", Reason.AI_FAILED.value.encode()),
                 ("dlq.error", error.encode()[:deadletter.MAX_ERROR_BYTES]),
-                ("dlq.origin.topic", config.ANALYSIS_REQUESTS_TOPIC.encode()),
+                ("dlq.origin.topic", self.topics.analysis_requests.encode()),
             ]
         headers += [("dlq.attempts", str(attempts).encode()),
                     ("dlq.batch_id", request.batch_id.encode())]
@@ -329,9 +331,9 @@ class Analyst:
                              message=f"analysis failed after {attempts} attempts: {error}",
                              batch_id=request.batch_id, usage=usage)
         sent = [
-            await self.producer.send(config.DEAD_LETTER_TOPIC, _encode(request),
+            await self.producer.send(self.topics.dead_letter, _encode(request),
                                      key=request.key.encode(), headers=headers),
-            await self.producer.send(config.ERRORS_TOPIC, _encode([record]),
+            await self.producer.send(self.topics.errors, _encode([record]),
                                      key=request.key.encode()),
         ]
         await asyncio.gather(*sent)
@@ -419,8 +421,9 @@ class AnalystHandler:
                 await self.analyst.analyze(request, message)
 
     async def _dead_letter(self, message: Message, rejection: Rejection) -> None:
-        headers = deadletter.headers(rejection, config.ANALYSIS_REQUESTS_TOPIC, message)
-        await (await self.producer.send(config.DEAD_LETTER_TOPIC, message.value(),
+        topics = self.analyst.topics
+        headers = deadletter.headers(rejection, topics.analysis_requests, message)
+        await (await self.producer.send(topics.dead_letter, message.value(),
                                          key=message.key(), headers=headers))
         reason = rejection.reason.value
         metrics.DEAD_LETTERS.labels(reason).inc()

@@ -42,10 +42,11 @@ class BatcherHandler:
         max_events: int,
         max_age_seconds: float,
         max_event_bytes: int,
-        topic: str = config.EVENTS_TOPIC,
+        topics: config.Topics = config.DEFAULT_TOPICS,
     ) -> None:
-        self.batcher = Batcher(topic, max_events, max_age_seconds)
-        self.topic = topic
+        self.batcher = Batcher(topics.events, max_events, max_age_seconds)
+        self.topic = topic = topics.events
+        self.topics = topics
         self.store = store
         self.producer = producer
         self.max_event_bytes = max_event_bytes
@@ -104,16 +105,16 @@ class BatcherHandler:
         pending = []
         for record, rejection in out.rejected:
             headers = deadletter.headers(rejection, self.topic, record)
-            pending.append(await send(config.DEAD_LETTER_TOPIC, record.value(),
+            pending.append(await send(self.topics.dead_letter, record.value(),
                                       key=record.key(), headers=headers))
         for request in out.sealed:
-            pending.append(await send(config.ANALYSIS_REQUESTS_TOPIC, _encode(request),
+            pending.append(await send(self.topics.analysis_requests, _encode(request),
                                       key=request.key.encode()))
         # Rows need no key (each names its source) and no order: unkeyed messages
         # spread over the partitions, and the sinks write them in any order.
         errors = [error_record(event, batch_id) for event, batch_id in out.errors]
-        for topic, rows in ((config.PERFORMANCE_TOPIC, out.performance),
-                            (config.ERRORS_TOPIC, errors)):
+        for topic, rows in ((self.topics.performance, out.performance),
+                            (self.topics.errors, errors)):
             for chunk in chunks(rows):
                 pending.append(await send(topic, _encode(chunk)))
         await asyncio.gather(*pending)

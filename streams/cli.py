@@ -53,7 +53,7 @@ def topics_apply(
 
     settings = _settings()
     path = file or Path(settings.topics_file)
-    specs = kafka.load_topics(path)
+    specs = kafka.load_topics(path, settings.topic_prefix)
     specs.append(kafka.faust_leader_topic(settings.app_id, specs))
     admin = kafka.make_admin(settings.kafka_bootstrap_servers)
     plan = kafka.plan_topics(admin, specs)
@@ -142,7 +142,8 @@ def seal(
     """Seal a source's open batch now (reason: manual), through the running batcher."""
     from streams.trigger import request_seal
 
-    message = request_seal(_settings().kafka_bootstrap_servers, source)
+    settings = _settings()
+    message = request_seal(settings.kafka_bootstrap_servers, source, settings.topics.events)
     print(f"seal requested for {source!r} (events partition {message.partition()}, "
           f"offset {message.offset()}); the batcher seals it when it reads that far")
 
@@ -167,14 +168,17 @@ def produce(
         float, typer.Option(min=0, max=1, help="share of deliberately invalid messages")
     ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="random seed for repeatable traffic")] = None,
-    topic: Annotated[str, typer.Option(help="topic to produce to")] = config.EVENTS_TOPIC,
+    topic: Annotated[str | None, typer.Option(
+        help="topic to produce to [default: the events topic]")] = None,
 ) -> None:
     """Send realistic synthetic traffic to the events topic."""
     # Imported here so other commands do not pay for loading librdkafka.
     from streams.produce import produce as send_traffic
 
+    settings = _settings()
+    topic = topic or settings.topics.events
     report = send_traffic(
-        bootstrap=_settings().kafka_bootstrap_servers,
+        bootstrap=settings.kafka_bootstrap_servers,
         topic=topic,
         count=count,
         rate=rate,
@@ -316,8 +320,9 @@ def dlq_list(
     """Count dead-letter messages by reason and by origin topic."""
     from streams import dlq
 
-    dlq.run_list(_settings().kafka_bootstrap_servers, dlq.selection(since=since, until=until),
-                 as_json, idle)
+    settings = _settings()
+    dlq.run_list(settings.kafka_bootstrap_servers, settings.topics.dead_letter,
+                 dlq.selection(since=since, until=until), as_json, idle)
 
 
 @dlq_app.command("show")
@@ -330,7 +335,9 @@ def dlq_show(
     from streams import dlq
 
     chosen = dlq.selection(reason, origin_topic, since, until, redriven)
-    dlq.run_show(_settings().kafka_bootstrap_servers, chosen, limit, as_json, idle)
+    settings = _settings()
+    dlq.run_show(settings.kafka_bootstrap_servers, settings.topics.dead_letter, chosen, limit,
+                 as_json, idle)
 
 
 @dlq_app.command("redrive")
@@ -358,8 +365,9 @@ def dlq_redrive(
     from streams import dlq
 
     chosen = dlq.selection(reason, origin_topic, since, until, redriven, offset)
-    dlq.run_redrive(_settings().kafka_bootstrap_servers, chosen, limit, execute, as_json,
-                    idle, every=every)
+    settings = _settings()
+    dlq.run_redrive(settings.kafka_bootstrap_servers, settings.topics.dead_letter, chosen,
+                    limit, execute, as_json, idle, every=every)
 
 
 replay_app = typer.Typer(

@@ -7,6 +7,7 @@ line naming the setting (see ``load``).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
@@ -30,6 +31,9 @@ class Settings(BaseSettings):
 
     app_id: str = Field("streamsight", min_length=1)
     topics_file: str = "topics.yaml"
+    # Put before every topic name of topics.yaml ("acme.prod." makes "acme.prod.events"):
+    # one cluster, many deployments, and a cluster's naming rules.
+    topic_prefix: str = Field("", max_length=200, pattern=r"^[a-zA-Z0-9._-]*$")
     # Same names and meaning as Faust's own WEB_PORT / WEB_ENABLED, which it also reads.
     web_port: int = Field(6066, ge=1, le=65535)
     web_enabled: bool = True
@@ -63,6 +67,10 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(600.0, gt=0)
 
+    @property
+    def topics(self) -> Topics:
+        return Topics.prefixed(self.topic_prefix)
+
 
 def load(**overrides: object) -> Settings:
     """Read settings; raise ConfigError with one line naming the first bad setting."""
@@ -79,19 +87,36 @@ def load(**overrides: object) -> Settings:
         raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
 
 
-# Topic names as declared in topics.yaml.
-EVENTS_TOPIC = "events"
-ANALYSIS_REQUESTS_TOPIC = "analysis-requests"
-INSIGHTS_TOPIC = "insights"
-PERFORMANCE_TOPIC = "performance"
-ERRORS_TOPIC = "errors"
-DEAD_LETTER_TOPIC = "dead-letter"
+@dataclass(frozen=True)
+class Topics:
+    """The names of streamsight's topics: those of topics.yaml behind TOPIC_PREFIX."""
 
-#: The topic each agent reads; its consumer group is ``<APP_ID>-<agent>``.
-AGENT_TOPICS = {
-    "batcher": EVENTS_TOPIC,
-    "analyst": ANALYSIS_REQUESTS_TOPIC,
-    "sink-insights": INSIGHTS_TOPIC,
-    "sink-errors": ERRORS_TOPIC,
-    "sink-performance": PERFORMANCE_TOPIC,
-}
+    events: str = "events"
+    analysis_requests: str = "analysis-requests"
+    insights: str = "insights"
+    performance: str = "performance"
+    errors: str = "errors"
+    dead_letter: str = "dead-letter"
+
+    @classmethod
+    def prefixed(cls, prefix: str) -> Topics:
+        plain = cls()
+        return cls(*(prefix + name for name in plain.names()))
+
+    def names(self) -> tuple[str, ...]:
+        return (self.events, self.analysis_requests, self.insights, self.performance,
+                self.errors, self.dead_letter)
+
+    def of_agents(self) -> dict[str, str]:
+        """The topic each agent reads; its consumer group is ``<APP_ID>-<agent>``."""
+        return {
+            "batcher": self.events,
+            "analyst": self.analysis_requests,
+            "sink-insights": self.insights,
+            "sink-errors": self.errors,
+            "sink-performance": self.performance,
+        }
+
+
+#: The names with no TOPIC_PREFIX.
+DEFAULT_TOPICS = Topics()

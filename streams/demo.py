@@ -181,9 +181,10 @@ class _SinkState:
 
 
 class _Producer(threading.Thread):
-    def __init__(self, bootstrap: str, opts: DemoOptions) -> None:
+    def __init__(self, bootstrap: str, topic: str, opts: DemoOptions) -> None:
         super().__init__(name="streamsight-demo-produce", daemon=True)
         self.bootstrap = bootstrap
+        self.topic = topic
         self.opts = opts
         self.report: ProduceReport | None = None
         self.error: BaseException | None = None
@@ -192,7 +193,7 @@ class _Producer(threading.Thread):
         try:
             self.report = send_traffic(
                 bootstrap=self.bootstrap,
-                topic=config.EVENTS_TOPIC,
+                topic=self.topic,
                 count=self.opts.events,
                 rate=self.opts.rate,
                 sources=self.opts.sources,
@@ -219,6 +220,7 @@ class Demo:
         self.opts = opts
         self.console = console
         self.started = time.monotonic()
+        self.topics = config.load().topics
         self.run_dir = opts.run_dir.resolve()
         self.broker: EmbeddedBroker | KafkaCluster | None = None
         self.worker: subprocess.Popen[bytes] | None = None
@@ -314,7 +316,7 @@ class Demo:
         self.produce_task = self.progress.add_task("producing", total=None)
         self.accounted_task = self.progress.add_task("batched/dead-lettered", total=opts.events)
         self.insight_task = self.progress.add_task("analysed", total=0)
-        self.producer = _Producer(self.broker.bootstrap, opts)
+        self.producer = _Producer(self.broker.bootstrap, self.topics.events, opts)
         self.producer.start()
 
     @contextlib.contextmanager
@@ -328,10 +330,11 @@ class Demo:
         from streams.adapters import kafka
 
         assert self.broker is not None
-        path = self.opts.topics_file or Path(config.load().topics_file)
+        settings = config.load()
+        path = self.opts.topics_file or Path(settings.topics_file)
         if not path.exists() and self.opts.topics_file is None:
             path = _REPO_TOPICS
-        specs = kafka.load_topics(path)
+        specs = kafka.load_topics(path, settings.topic_prefix)
         admin = kafka.make_admin(self.broker.bootstrap)
         kafka.apply_plan(admin, kafka.plan_topics(admin, specs))
 
@@ -410,9 +413,9 @@ class Demo:
         assignment = [
             TopicPartition(topic, partition, -2)  # -2: OFFSET_BEGINNING
             for topic in (
-                config.ANALYSIS_REQUESTS_TOPIC,
-                config.INSIGHTS_TOPIC,
-                config.DEAD_LETTER_TOPIC,
+                self.topics.analysis_requests,
+                self.topics.insights,
+                self.topics.dead_letter,
             )
             for partition in metadata.topics[topic].partitions
         ]
@@ -521,14 +524,14 @@ class Demo:
     def handle(self, message: Message) -> None:
         if message.error() is not None:
             return
-        if message.topic() == config.DEAD_LETTER_TOPIC:
+        if message.topic() == self.topics.dead_letter:
             headers = {k: _text(v) for k, v in dict(message.headers() or []).items()}
-            if headers.get("dlq.origin.topic") == config.ANALYSIS_REQUESTS_TOPIC:
+            if headers.get("dlq.origin.topic") == self.topics.analysis_requests:
                 self.handle_failed_analysis(message, headers)
                 return
             self.tally.dead_letter[headers.get("dlq.reason") or "?"] += 1
             return
-        if message.topic() == config.INSIGHTS_TOPIC:
+        if message.topic() == self.topics.insights:
             self.handle_insight(message)
             return
         try:

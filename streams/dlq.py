@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streams import config
 from streams.core.deadletter import REDRIVE_HEADER
 from streams.errors import ConfigError, RetryableError, StreamsightError
 
@@ -334,8 +333,7 @@ def _partitions(client: Any, topic: str) -> int:
     return len(found.partitions)
 
 
-def read(bootstrap: str, topic: str = config.DEAD_LETTER_TOPIC,
-         idle: float = DEFAULT_IDLE_S) -> Iterator[DeadLetter]:
+def read(bootstrap: str, topic: str, idle: float = DEFAULT_IDLE_S) -> Iterator[DeadLetter]:
     """Every message of ``topic``, every partition from its beginning, until ``idle``
     seconds pass without one. Commits nothing."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -457,11 +455,11 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def run_list(bootstrap: str, selection: Selection, as_json: bool, idle: float) -> None:
+def run_list(bootstrap: str, topic: str, selection: Selection, as_json: bool, idle: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    counts = count(m for m in read(bootstrap, idle=idle) if selection.matches(m))
+    counts = count(m for m in read(bootstrap, topic, idle) if selection.matches(m))
     if as_json:
         _print_json(counts.to_json())
         return
@@ -511,16 +509,16 @@ def _print_messages(console: Any, messages: Sequence[DeadLetter], redrive: bool 
             console.print(f"  [dim]{label:<8}[/]{text}", highlight=False, soft_wrap=True)
 
 
-def _collect(bootstrap: str, selection: Selection, limit: int | None,
+def _collect(bootstrap: str, topic: str, selection: Selection, limit: int | None,
              idle: float) -> list[DeadLetter]:
-    return ordered((m for m in read(bootstrap, idle=idle) if selection.matches(m)), limit)
+    return ordered((m for m in read(bootstrap, topic, idle) if selection.matches(m)), limit)
 
 
-def run_show(bootstrap: str, selection: Selection, limit: int | None, as_json: bool,
+def run_show(bootstrap: str, topic: str, selection: Selection, limit: int | None, as_json: bool,
              idle: float) -> None:
     from rich.console import Console
 
-    messages = _collect(bootstrap, selection, limit, idle)
+    messages = _collect(bootstrap, topic, selection, limit, idle)
     if as_json:
         _print_json([m.to_json() for m in messages])
         return
@@ -529,14 +527,14 @@ def run_show(bootstrap: str, selection: Selection, limit: int | None, as_json: b
     console.print(f"{len(messages)} message(s)")
 
 
-def run_redrive(bootstrap: str, selection: Selection, limit: int | None, execute: bool,
+def run_redrive(bootstrap: str, topic: str, selection: Selection, limit: int | None, execute: bool,
                 as_json: bool, idle: float, every: bool = False) -> None:
     from rich.console import Console
 
     if selection.everything and not every:
         raise ConfigError("say which messages to redrive: --reason, --origin-topic, --since, "
                           "--until, --redriven or --offset (or --all for every one)")
-    messages = _collect(bootstrap, selection, limit, idle)
+    messages = _collect(bootstrap, topic, selection, limit, idle)
     missing = sorted(selection.positions - {(m.partition, m.offset) for m in messages})
     plan = [(m, outgoing(m)) for m in messages]
     sendable = [out for _, out in plan if out is not None]

@@ -21,7 +21,7 @@ def run(settings: config.Settings) -> None:
     """Serve /metrics on LAG_EXPORTER_PORT until SIGTERM or SIGINT."""
     logs.configure(settings.log_level, settings.log_format)
     log = logs.get_logger(__name__)
-    groups = agent_groups(settings.app_id, config.AGENT_TOPICS)
+    groups = agent_groups(settings.app_id, settings.topics.of_agents())
     reader = LagReader(settings.kafka_bootstrap_servers, groups,
                        client_id=f"{settings.app_id}-lag-exporter")
     collector = LagCollector()

@@ -274,8 +274,9 @@ def request_from_row(row: Mapping[str, Any]) -> AnalysisRequest:
     )
 
 
-async def send(dsn: str, bootstrap: str, keys: Sequence[tuple[uuid.UUID, datetime]]) -> int:
-    """Publish the requests of these batches to ``analysis-requests`` (acks=all); returns
+async def send(dsn: str, bootstrap: str, topic: str,
+               keys: Sequence[tuple[uuid.UUID, datetime]]) -> int:
+    """Publish the requests of these batches to ``topic`` (acks=all); returns
     how many the broker acknowledged (batches deleted since the plan are not sent)."""
     if not keys:
         return 0
@@ -296,7 +297,7 @@ async def send(dsn: str, bootstrap: str, keys: Sequence[tuple[uuid.UUID, datetim
                 raise query_error("batches table", exc) from exc
             try:
                 futures = [
-                    await producer.send(config.ANALYSIS_REQUESTS_TOPIC,
+                    await producer.send(topic,
                                         _encode(request_from_row(row)),
                                         key=str(row["source"]).encode())
                     for row in rows
@@ -304,7 +305,7 @@ async def send(dsn: str, bootstrap: str, keys: Sequence[tuple[uuid.UUID, datetim
                 await asyncio.gather(*futures)
             except KafkaError as exc:
                 raise StreamsightError(
-                    f"sending to {config.ANALYSIS_REQUESTS_TOPIC} failed after {sent} "
+                    f"sending to {topic} failed after {sent} "
                     f"requests: {exc}") from None
             sent += len(rows)
     finally:
@@ -348,13 +349,14 @@ def run_reanalyze(
         print("dry run: nothing sent")
         return
     if not plan_.keys:
-        print(f"sent 0 analysis requests to {config.ANALYSIS_REQUESTS_TOPIC}")
+        print(f"sent 0 analysis requests to {settings.topics.analysis_requests}")
         return
     if not yes:
         typer.confirm(f"send {plan_.to_send} analysis requests to "
-                      f"{config.ANALYSIS_REQUESTS_TOPIC}?", abort=True)
-    sent = asyncio.run(send(settings.database_url, settings.kafka_bootstrap_servers, plan_.keys))
-    print(f"sent {sent} analysis requests to {config.ANALYSIS_REQUESTS_TOPIC} "
+                      f"{settings.topics.analysis_requests}?", abort=True)
+    sent = asyncio.run(send(settings.database_url, settings.kafka_bootstrap_servers,
+                           settings.topics.analysis_requests, plan_.keys))
+    print(f"sent {sent} analysis requests to {settings.topics.analysis_requests} "
           f"({plan_.to_send - sent} no longer stored), skipped {plan_.already} already "
           f"analysed by {tgt.analyzer}")
 
@@ -373,8 +375,9 @@ def run_analyze(settings: config.Settings, batch_id: str) -> None:
         return
     for line in _describe(plan_):
         print(line)
-    sent = asyncio.run(send(settings.database_url, settings.kafka_bootstrap_servers, plan_.keys))
+    sent = asyncio.run(send(settings.database_url, settings.kafka_bootstrap_servers,
+                           settings.topics.analysis_requests, plan_.keys))
     if not sent:
         raise PermanentError(f"batch {batch_id} is no longer stored: nothing sent")
     print(f"sent the analysis request of batch {batch_id} (source {source}) to "
-          f"{config.ANALYSIS_REQUESTS_TOPIC}: insight {insight_id} will follow")
+          f"{settings.topics.analysis_requests}: insight {insight_id} will follow")

@@ -107,16 +107,18 @@ def format_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
-def resolve_group(name: str, app_id: str, topic: str | None) -> tuple[str, str]:
+def resolve_group(name: str, app_id: str, topic: str | None,
+                  topics: config.Topics = config.DEFAULT_TOPICS) -> tuple[str, str]:
     """(consumer group, topic): an agent's name stands for ``<APP_ID>-<agent>``, and an
-    agent's group reads the topic of AGENT_TOPICS unless ``topic`` says otherwise."""
-    group = f"{app_id}-{name}" if name in config.AGENT_TOPICS else name
+    agent's group reads the agent's topic unless ``topic`` says otherwise."""
+    read = topics.of_agents()
+    group = f"{app_id}-{name}" if name in read else name
     if topic is None:
-        for agent, agent_topic in config.AGENT_TOPICS.items():
+        for agent, agent_topic in read.items():
             if group == f"{app_id}-{agent}":
                 return group, agent_topic
         raise ConfigError(f"--topic is needed: {group!r} is not the group of an agent "
-                          f"({', '.join(config.AGENT_TOPICS)}) under APP_ID={app_id!r}")
+                          f"({', '.join(read)}) under APP_ID={app_id!r}")
     return group, topic
 
 
@@ -443,7 +445,7 @@ def run_reset(settings: config.Settings, *, group: str, topic: str | None, targe
     from rich.console import Console
     from rich.table import Table
 
-    group, topic = resolve_group(group, settings.app_id, topic)
+    group, topic = resolve_group(group, settings.app_id, topic, settings.topics)
     bootstrap = settings.kafka_bootstrap_servers
     # Refuse before planning too: a plan for an active group would be stale at once.
     ensure_idle(make_admin(bootstrap), group)

@@ -123,8 +123,10 @@ class SinkHandler:
     """One topic into its tables."""
 
     def __init__(self, topic: str, rows_of: RowsOf, split: Split, pool: asyncpg.Pool,
-                 producer: AIOKafkaProducer) -> None:
+                 producer: AIOKafkaProducer, dead_letter: str = config.DEFAULT_TOPICS.dead_letter,
+                 ) -> None:
         self.topic = topic
+        self.dead_letter = dead_letter
         self.rows_of = rows_of
         self.split = split
         self.pool = pool
@@ -229,7 +231,7 @@ class SinkHandler:
         sent = []
         for value, message, rejection, extra in self._rejected:
             headers = deadletter.headers(rejection, self.topic, message) + extra
-            sent.append(await self.producer.send(config.DEAD_LETTER_TOPIC, value,
+            sent.append(await self.producer.send(self.dead_letter, value,
                                                  key=message.key(), headers=headers))
         for future in sent:
             await future

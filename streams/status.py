@@ -107,7 +107,7 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
     lag: list[GroupLag] = []
     try:
         topics = _topics(bootstrap)
-        reader = LagReader(bootstrap, agent_groups(settings.app_id, config.AGENT_TOPICS),
+        reader = LagReader(bootstrap, agent_groups(settings.app_id, settings.topics.of_agents()),
                            client_id=f"{settings.app_id}-status")
         try:
             lag = reader.read()
@@ -117,7 +117,7 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
         problems.append(f"Kafka at {bootstrap}: {exc}")
     counts = None
     if dead_letters and topics:
-        counts = dlq.count(dlq.read(bootstrap, idle=1.0))
+        counts = dlq.count(dlq.read(bootstrap, settings.topics.dead_letter, idle=1.0))
     statuses: dict[str, int] = {}
     latest: list[dict[str, Any]] = []
     try:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaException, Message, Producer
 
-from streams import config
 from streams.core import control
 from streams.errors import StreamsightError
 
 
-def request_seal(bootstrap: str, source: str, topic: str = config.EVENTS_TOPIC) -> Message:
+def request_seal(bootstrap: str, source: str, topic: str) -> Message:
     """Ask the batcher holding ``source``'s open batch to seal it now.
 
     The request is a control message on the events topic, keyed by the source, so it

@@ -7,6 +7,7 @@ only when asked, adds partitions. Nothing here deletes or lowers anything.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from streams.errors import ConfigError, PermanentError, RetryableError, Streamsi
 ADMIN_TIMEOUT = 15.0
 
 # Kafka's own rule for topic names (kafka.common.internals.Topic).
+_MAX_TOPIC_NAME = 249
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 _CONFIG_NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
 _CLEANUP_POLICIES = {"delete", "compact", "compact,delete"}
@@ -210,8 +212,9 @@ def faust_leader_topic(app_id: str, declared: list[TopicSpec]) -> TopicSpec:
                      {"cleanup.policy": "delete", "retention.ms": "86400000"})
 
 
-def load_topics(path: Path | str) -> list[TopicSpec]:
-    """Read and validate a topics file; ConfigError names file, line and field in one line."""
+def load_topics(path: Path | str, prefix: str = "") -> list[TopicSpec]:
+    """Read and validate a topics file, each name behind ``prefix`` (TOPIC_PREFIX);
+    ConfigError names file, line and field in one line."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -219,7 +222,12 @@ def load_topics(path: Path | str) -> list[TopicSpec]:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return _Loader(path, text).load()
+    specs = _Loader(path, text).load()
+    too_long = [s.name for s in specs if len(prefix + s.name) > _MAX_TOPIC_NAME]
+    if too_long:
+        raise ConfigError(f"TOPIC_PREFIX {prefix!r} makes {too_long[0]!r} longer than "
+                          f"{_MAX_TOPIC_NAME} characters")
+    return [dataclasses.replace(s, name=prefix + s.name) for s in specs]
 
 
 # --- admin client -------------------------------------------------------------------------

@@ -33,6 +33,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     ("BATCH_MAX_AGE_SECONDS", "-1"),
     ("LOG_LEVEL", "LOUD"),
     ("WEB_PORT", "70000"),
+    ("TOPIC_PREFIX", "acme/prod"),
 ])
 def test_bad_setting_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
@@ -49,3 +50,15 @@ def test_settings_are_frozen() -> None:
     settings = config.load(_env_file=None)
     with pytest.raises(Exception, match="frozen"):
         settings.batch_max_events = 5  # type: ignore[misc]
+
+
+def test_topic_prefix_names_every_topic_and_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOPIC_PREFIX", "acme.prod.")
+    topics = config.load(_env_file=None).topics
+    assert topics.names() == ("acme.prod.events", "acme.prod.analysis-requests",
+                              "acme.prod.insights", "acme.prod.performance",
+                              "acme.prod.errors", "acme.prod.dead-letter")
+    assert topics.of_agents()["batcher"] == "acme.prod.events"
+    assert topics.of_agents()["sink-errors"] == "acme.prod.errors"
+    monkeypatch.delenv("TOPIC_PREFIX")
+    assert config.load(_env_file=None).topics == config.DEFAULT_TOPICS

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from streams import replay
+from streams import config, replay
 from streams.errors import ConfigError
 
 
@@ -43,6 +43,9 @@ def test_agent_names_stand_for_their_group_and_topic() -> None:
     assert replay.resolve_group("mine", "it", "t") == ("mine", "t")
     with pytest.raises(ConfigError, match="--topic is needed"):
         replay.resolve_group("mine", "it", None)
+    prefixed = config.Topics.prefixed("t1.")
+    assert replay.resolve_group("analyst", "it", None, prefixed) == ("it-analyst",
+                                                                     "t1.analysis-requests")
 
 
 def test_exactly_one_target() -> None:

@@ -206,3 +206,11 @@ def test_topics_must_be_a_non_empty_list(tmp_path: Path) -> None:
 def test_topic_must_be_a_mapping(tmp_path: Path) -> None:
     path = write(tmp_path, "topics:\n  - events\n")
     assert error_of(path) == f"{path}:2: a topic must be a mapping"
+
+
+def test_a_prefix_goes_before_every_name(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    assert [s.name for s in load_topics(path, "team-a.")] == ["team-a.events",
+                                                              "team-a.dead-letter"]
+    with pytest.raises(ConfigError, match="TOPIC_PREFIX .* longer than 249"):
+        load_topics(path, "x" * 240)

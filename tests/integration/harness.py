@@ -143,6 +143,7 @@ class Traffic:
 def produce(
     bootstrap: str, count: int, *, sources: int = 20, rate: float = 0.0,
     invalid_every: int = 0, seed: int = 7, traffic: Traffic | None = None,
+    topic: str = "events",
 ) -> Traffic:
     """Send ``count`` events (every ``invalid_every``-th one invalid), paced at ``rate``."""
     traffic = traffic or Traffic()
@@ -167,7 +168,7 @@ def produce(
         event_id: str | None = orjson.loads(value)["event_id"]
         if invalid_every and n % invalid_every == invalid_every - 1:
             value, event_id = INVALID_SAMPLES[n % len(INVALID_SAMPLES)], None
-        producer.produce("events", value, key, on_delivery=(
+        producer.produce(topic, value, key, on_delivery=(
             lambda err, msg, eid=event_id: delivered(err, msg, eid)))
         producer.poll(0)
         if rate:

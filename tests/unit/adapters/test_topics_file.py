@@ -212,5 +212,5 @@ def test_a_prefix_goes_before_every_name(tmp_path: Path) -> None:
     path = write(tmp_path, VALID)
     assert [s.name for s in load_topics(path, "team-a.")] == ["team-a.events",
                                                               "team-a.dead-letter"]
-    with pytest.raises(ConfigError, match="TOPIC_PREFIX .* longer than 249"):
+    with pytest.raises(ConfigError, match=r"TOPIC_PREFIX .* longer than 249"):
         load_topics(path, "x" * 240)

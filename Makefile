@@ -69,11 +69,15 @@ lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy streams agents
 
-# The analyst bench first, so that the batcher ratio stays the last line; both always run,
-# and the target fails if either did.
-bench: venv ## throughput and latency benchmarks (embedded broker)
-	$(PY) bench/analyst.py; analyst=$$?; $(PY) bench/sink.py; sink=$$?; \
-		$(PY) bench/run.py && exit $$(( analyst || sink ))
+# BROKER=tansu, kafka (Apache Kafka, one KRaft node) or both: every bench runs on each.
+# The analyst and sink benches first, so that the batcher ratio lines stay last; all always
+# run, and the target fails if any did.
+BROKER ?= both
+bench: venv ## throughput and latency benchmarks on Tansu and Apache Kafka (BROKER=tansu|kafka)
+	failed=0; for broker in $(if $(filter both,$(BROKER)),tansu kafka,$(BROKER)); do \
+		$(PY) bench/analyst.py --broker $$broker || failed=1; \
+		$(PY) bench/sink.py --broker $$broker || failed=1; \
+	done; $(PY) bench/run.py --broker $(BROKER) && exit $$failed
 
 demo: venv ## embedded broker + PostgreSQL, a worker and sample traffic
 	$(PY) -m streams.cli demo $(ARGS)

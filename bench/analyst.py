@@ -1,13 +1,14 @@
 """Analyst benchmark: insights/s and seal-to-insight latency with the built-in analyzer.
 
-Starts the embedded broker, the topics of topics.yaml and a freshly migrated database,
-then ``streamsight worker`` (every agent) without OPENAI_API_KEY. Once both FetchLoops
-logged ``fetch.assigned`` it produces the events (every key a multiple of 100, so every
-batch seals by count) and reads ``insights`` from the beginning until there is one insight
-per batch. Prints a short table, writes bench/results/analyst-<UTC time>.json and exits 1
-if the run failed. See bench/README.md.
+Starts the broker (embedded Tansu or Apache Kafka), the topics of topics.yaml and a
+freshly migrated database, then ``streamsight worker`` (every agent) without
+OPENAI_API_KEY. Once both FetchLoops logged ``fetch.assigned`` it produces the events
+(every key a multiple of 100, so every batch seals by count) and reads ``insights`` from
+the beginning until there is one insight per batch. Prints a short table, writes
+bench/results/analyst-<UTC time>-<broker>.json and exits 1 if the run failed. See
+bench/README.md.
 
-    .venv/bin/python bench/analyst.py [--events 30000] [--timeout 120]
+    .venv/bin/python bench/analyst.py [--broker tansu|kafka] [--events 30000] [--timeout 120]
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import asyncpg
 import msgspec
 import orjson
 from baselines import peak_rss_mib
+from brokers import BROKERS, Broker
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from run import (
     BATCH_SIZE,
@@ -49,7 +51,7 @@ from run import (
 from streams import config
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import Insight
-from streams.embedded import create_database, drop_database, ensure_postgres, start_broker
+from streams.embedded import create_database, drop_database, ensure_postgres
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -131,7 +133,7 @@ def _read_insights(bootstrap: str, wanted: int, timeout: float,
     # confluent-kafka insists on a group.id; with assign() and no commits it never joins.
     consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
                          "group.id": f"bench-analyst-reader-{secrets.token_hex(4)}"})
-    consumer.assign([TopicPartition(config.INSIGHTS_TOPIC, p, OFFSET_BEGINNING)
+    consumer.assign([TopicPartition(config.DEFAULT_TOPICS.insights, p, OFFSET_BEGINNING)
                      for p in range(PARTITIONS)])
     decoder = msgspec.json.Decoder(Insight)
     seen: dict[str, Insight] = {}
@@ -191,10 +193,10 @@ def _measure(fig: Figures, insights: dict[str, Insight], dsn: str) -> None:
     }
 
 
-def run(events: int, timeout: float) -> Figures:
+def run(kind: str, events: int, timeout: float) -> Figures:
     fig = Figures(events=events, batches=events // BATCH_SIZE)
     token = secrets.token_hex(4)
-    broker = start_broker()
+    broker = Broker(kind)
     admin_dsn: str | None = None
     database = f"bench_analyst_{token}"
     try:
@@ -245,6 +247,7 @@ def run(events: int, timeout: float) -> Figures:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--broker", choices=BROKERS, default="tansu")
     parser.add_argument("--events", type=int, default=30_000, help="multiple of 100")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for all insights after producing")
@@ -252,9 +255,9 @@ def main() -> None:
     if args.events % BATCH_SIZE or args.events < BATCH_SIZE:
         parser.error(f"--events must be a positive multiple of {BATCH_SIZE}")
 
-    print(f"analyst bench: {args.events:,} events, {KEYS} keys, "
+    print(f"analyst bench on {BROKERS[args.broker]}: {args.events:,} events, {KEYS} keys, "
           f"{args.events // BATCH_SIZE} batches ...", flush=True)
-    fig = run(args.events, args.timeout)
+    fig = run(args.broker, args.events, args.timeout)
     if fig.error:
         print(f"analyst FAILED: {fig.error}")
     else:
@@ -270,9 +273,10 @@ def main() -> None:
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"analyst-{stamp}.json"
+    path = RESULTS_DIR / f"analyst-{stamp}-{args.broker}.json"
     path.write_text(json.dumps({
         "timestamp": stamp,
+        "broker": args.broker,
         "machine": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),

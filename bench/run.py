@@ -1,11 +1,13 @@
 """Throughput benchmark: the streamsight batcher against its baselines, in one run.
 
-Starts the embedded broker, produces the events once, then runs every contender in its
-own process, each reading all of the data from its own consumer group. Prints events/s,
-peak RSS and ratios against raw aiokafka, writes bench/results/<UTC time>.json, and ends
-with the line ``batcher/raw-aiokafka = <ratio>``. See bench/README.md.
+On each broker chosen (embedded Tansu, Apache Kafka or both, one after the other): starts
+it, produces the events once, then runs every contender in its own process, each reading
+all of the data from its own consumer group. Prints events/s, peak RSS and ratios against
+raw aiokafka, writes bench/results/<UTC time>-<broker>.json, and ends with one line
+``batcher/raw-aiokafka on <broker> = <ratio>`` per broker. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--events 300000] [--only aiokafka,confluent,faust,batcher]
+    .venv/bin/python bench/run.py [--broker tansu|kafka|both] [--events 300000]
+        [--only aiokafka,confluent,faust,batcher] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from typing import IO
 import asyncpg
 import orjson
 from baselines import peak_rss_mib
+from brokers import BROKERS, Broker
 from confluent_kafka import Producer
 
 # Public names that confluent_kafka.admin re-exports without __all__.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streams.embedded import create_database, drop_database, ensure_postgres, start_broker
+from streams.embedded import create_database, drop_database, ensure_postgres
 from streams.synthetic import TrafficGenerator
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -332,22 +335,11 @@ def _ratio(result: Result, base: Result | None) -> float | None:
     return result.events_per_s / base.events_per_s
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=300_000, help="multiple of 100")
-    parser.add_argument("--only", default=",".join(LABELS), help="comma-separated contenders")
-    parser.add_argument(
-        "--rounds", type=int, default=3,
-        help="runs per contender, interleaved; the median run is reported (faust runs once)",
-    )
-    args = parser.parse_args()
-    chosen = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = set(chosen) - set(LABELS)
-    if unknown or args.events % BATCH_SIZE or args.events < BATCH_SIZE:
-        parser.error(f"--events must be a multiple of {BATCH_SIZE}; known: {', '.join(LABELS)}")
-
+def run_on(kind: str, args: argparse.Namespace, chosen: list[str]) -> tuple[list[Result], float]:
+    """Every run of every chosen contender on a fresh broker of ``kind``, and the average
+    event size in bytes."""
     token = secrets.token_hex(4)
-    broker = start_broker()
+    broker = Broker(kind)
     runs: list[Result] = []
     try:
         create_topics(broker.bootstrap, [TOPIC])
@@ -356,8 +348,9 @@ def main() -> None:
         produce_s = produce_events(broker.bootstrap, messages)
         del messages
         print(
-            f"produced {args.events:,} events ({size:.0f} B avg, {KEYS} keys, "
-            f"{PARTITIONS} partitions) in {produce_s:.1f}s on {broker.bootstrap}",
+            f"\n{BROKERS[kind]}: produced {args.events:,} events "
+            f"({size:.0f} B avg, {KEYS} keys, {PARTITIONS} partitions) "
+            f"in {produce_s:.1f}s on {broker.bootstrap}",
             flush=True,
         )
         # Interleaved rounds: a noisy neighbour slows every contender, not just one.
@@ -365,7 +358,7 @@ def main() -> None:
             for name in chosen:
                 if name == "faust" and round_ > 1:
                     continue
-                print(f"round {round_}: running {LABELS[name]} ...", flush=True)
+                print(f"round {round_}: running {LABELS[name]} on {kind} ...", flush=True)
                 if name == "batcher":
                     result = run_batcher(broker.bootstrap, args.events, f"{token}{round_}")
                 else:
@@ -374,11 +367,17 @@ def main() -> None:
                 runs.append(result)
     finally:
         broker.stop()
-    results = [_median(name, runs) for name in chosen]
+    return runs, size
 
+
+def report(
+    kind: str, args: argparse.Namespace, chosen: list[str], runs: list[Result], size: float
+) -> str:
+    """Print the table and write the JSON of one broker's runs; its batcher ratio line."""
+    results = [_median(name, runs) for name in chosen]
     base = next((r for r in results if r.name == "aiokafka"), None)
     header = f"{'contender':<16}{'events':>9}{'seconds':>9}{'events/s':>11}{'RSS MiB':>9}"
-    print(f"\n{header}  vs aiokafka")
+    print(f"\n{BROKERS[kind]}\n{header}  vs aiokafka")
     for r in results:
         if r.error:
             print(f"{LABELS[r.name]:<16} FAILED: {r.error}")
@@ -391,11 +390,13 @@ def main() -> None:
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"{stamp}.json"
+    path = RESULTS_DIR / f"{stamp}-{kind}.json"
     path.write_text(
         json.dumps(
             {
                 "timestamp": stamp,
+                "broker": kind,
+                "broker_label": BROKERS[kind],
                 "machine": {
                     "cpu_count": os.cpu_count(),
                     "python": platform.python_version(),
@@ -428,10 +429,33 @@ def main() -> None:
     print(f"results: {path.relative_to(BENCH_DIR.parent)}")
     batcher = next((r for r in results if r.name == "batcher"), None)
     ratio = _ratio(batcher, base) if batcher else None
-    if batcher is None:
-        print("batcher/raw-aiokafka = not run")
-    else:
-        print(f"batcher/raw-aiokafka = {'failed' if ratio is None else f'{ratio:.3f}'}")
+    figure = "not run" if batcher is None else "failed" if ratio is None else f"{ratio:.3f}"
+    return f"batcher/raw-aiokafka on {kind} = {figure}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--broker", choices=[*BROKERS, "both"], default="both",
+        help="the broker to run on; both: Tansu, then Apache Kafka",
+    )
+    parser.add_argument("--events", type=int, default=300_000, help="multiple of 100")
+    parser.add_argument("--only", default=",".join(LABELS), help="comma-separated contenders")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="runs per contender, interleaved; the median run is reported (faust runs once)",
+    )
+    args = parser.parse_args()
+    chosen = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(chosen) - set(LABELS)
+    if unknown or args.events % BATCH_SIZE or args.events < BATCH_SIZE:
+        parser.error(f"--events must be a multiple of {BATCH_SIZE}; known: {', '.join(LABELS)}")
+
+    kinds = list(BROKERS) if args.broker == "both" else [args.broker]
+    lines = [report(kind, args, chosen, *run_on(kind, args, chosen)) for kind in kinds]
+    print()
+    for line in lines:
+        print(line)
 
 
 if __name__ == "__main__":

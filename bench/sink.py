@@ -1,13 +1,15 @@
 """Sink benchmark: performance rows from Kafka into api_performance, against raw COPY.
 
-300,000 ``PerformanceRow`` rows on ``performance`` (4 partitions, embedded Tansu), in
+300,000 ``PerformanceRow`` rows on ``performance`` (4 partitions, Tansu or Kafka), in
 messages of up to 1000 rows per source as the batcher sends them;
 ``streamsight worker --agents sink-performance`` writes them (decode, COPY, staging and
 INSERT ... ON CONFLICT DO NOTHING only on conflict, commit after the write): rows/s from
 its first fetch until the table holds them all. In the same run, the limit: asyncpg
 ``copy_records_to_table`` of the same rows into an identical table. Prints both and the
-ratio, writes bench/results/sink-<UTC stamp>.json; the last line is
-``sink/raw-copy = <ratio>``.
+ratio, writes bench/results/sink-<UTC stamp>-<broker>.json; the last line is
+``sink/raw-copy on <broker> = <ratio>``.
+
+    .venv/bin/python bench/sink.py [--broker tansu|kafka] [--rows 300000]
 """
 
 from __future__ import annotations
@@ -27,18 +29,14 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import orjson
+from brokers import BROKERS, Broker
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.core.models import PerformanceRow
 from streams.core.rows import chunks
-from streams.embedded import (
-    create_database,
-    drop_database,
-    ensure_postgres,
-    start_broker,
-)
+from streams.embedded import create_database, drop_database, ensure_postgres
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ("time", "source", "route", "method", "status_code", "duration_ms", "success",
@@ -110,13 +108,14 @@ def run_sink(env: dict[str, str], dsn: str, count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--broker", choices=BROKERS, default="tansu")
     parser.add_argument("--rows", type=int, default=300_000)
     args = parser.parse_args()
     token = secrets.token_hex(4)
     admin = ensure_postgres()
     database = f"bench_sink_{token}"
     dsn = create_database(admin, database)
-    broker = start_broker()
+    broker = Broker(args.broker)
     run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamsight-bench-sink-{token}"
     run_dir.mkdir(parents=True)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "DATABASE_URL": dsn,
@@ -144,17 +143,17 @@ def main() -> None:
         broker.stop()
         drop_database(admin, database)
     ratio = sink / raw
-    print(f"{'writer':<22}{'rows/s':>12}")
+    print(f"{'writer':<22}{'rows/s':>12}  on {BROKERS[args.broker]}")
     print(f"{'raw copy_records':<22}{raw:>12,.0f}")
     print(f"{'sink-performance':<22}{sink:>12,.0f}")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"sink-{stamp}.json"
-    path.write_text(json.dumps({"timestamp": stamp, "rows": args.rows, "raw_rows_per_s": raw,
-                                "sink_rows_per_s": sink, "ratio": ratio,
+    path = RESULTS / f"sink-{stamp}-{args.broker}.json"
+    path.write_text(json.dumps({"timestamp": stamp, "broker": args.broker, "rows": args.rows,
+                                "raw_rows_per_s": raw, "sink_rows_per_s": sink, "ratio": ratio,
                                 "cpu_count": os.cpu_count()}, indent=2) + "\n")
     print(f"results: {path.relative_to(RESULTS.parent.parent)}")
-    print(f"sink/raw-copy = {ratio:.3f}")
+    print(f"sink/raw-copy on {args.broker} = {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ class AgentService(Service):
             max_records=max_records,
             session_timeout_ms=s.consumer_session_timeout_ms,
             heartbeat_interval_ms=s.consumer_heartbeat_interval_ms,
+            protocol=s.consumer_group_protocol,
+            instance_id=f"{s.worker_id}-{self.agent}" if s.worker_id else None,
             loop=self.loop,
             beacon=self.beacon,
         )

@@ -55,6 +55,16 @@ class Settings(BaseSettings):
     consumer_max_records: int = Field(20_000, ge=1)
     consumer_session_timeout_ms: int = Field(30_000, ge=1000)
     consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # How a group shares partitions: "consumer" is Kafka 4's protocol (KIP-848; the broker
+    # then owns the session timeout and heartbeat: group.consumer.* settings), the others
+    # the classic protocol with that assignor; "auto" takes "consumer" where the broker
+    # offers it, else "cooperative-sticky".
+    consumer_group_protocol: Literal["auto", "consumer", "cooperative-sticky", "range"] = "auto"
+    # A stable identity per worker (a StatefulSet ordinal, a host name): static membership,
+    # so that a worker restarted within the session timeout keeps its partitions with no
+    # rebalance. Unique per worker: a second worker with the same id fences the first.
+    worker_id: str | None = Field(None, min_length=1, max_length=200,
+                                  pattern=r"^[a-zA-Z0-9._-]+$")
 
     ai_requests_per_minute: int = Field(60, ge=1)
     ai_tokens_per_minute: int = Field(90_000, ge=1)

@@ -135,6 +135,12 @@ class KafkaNode:
             "log.dirs": str(self.dir / "log"),
             # Tests join groups all the time: no waiting for more members to come.
             "group.initial.rebalance.delay.ms": "0",
+            # The consumer protocol's (KIP-848) session and heartbeat are the broker's: the
+            # same 6 s / 1 s the tests give the classic protocol (Kafka's defaults: 45 s / 5 s).
+            "group.consumer.min.session.timeout.ms": "6000",
+            "group.consumer.session.timeout.ms": "6000",
+            "group.consumer.min.heartbeat.interval.ms": "1000",
+            "group.consumer.heartbeat.interval.ms": "1000",
             "offsets.topic.replication.factor": str(replication),
             "offsets.topic.num.partitions": "4",
             "transaction.state.log.replication.factor": str(replication),

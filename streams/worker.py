@@ -8,7 +8,7 @@ import gc
 import faust
 import uvloop
 
-from streams.adapters import logs
+from streams.adapters import group_protocol, logs
 from streams.adapters.db import migrate_and_apply_policies
 from streams.app import create_app, resolve_agents
 from streams.config import Settings
@@ -24,8 +24,15 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     # that safe when several start at once.
     changes = asyncio.run(migrate_and_apply_policies(
         settings.database_url, settings.db_retention_days, settings.db_compress_after_days))
+    log = logs.get_logger(__name__)
     if changes:
-        logs.get_logger(__name__).info("db.migrated", changes=changes)
+        log.info("db.migrated", changes=changes)
+    protocol = asyncio.run(group_protocol.resolve(
+        settings.consumer_group_protocol, settings.kafka_bootstrap_servers,
+        static=settings.worker_id is not None))
+    log.info("consumer.group_protocol", protocol=protocol,
+             setting=settings.consumer_group_protocol, worker_id=settings.worker_id)
+    settings = settings.model_copy(update={"consumer_group_protocol": protocol})
     app = create_app(settings, chosen)
     worker = faust.Worker(
         app,

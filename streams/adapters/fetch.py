@@ -31,6 +31,7 @@ from tenacity import (
 )
 
 from streams.adapters import metrics
+from streams.adapters.group_protocol import librdkafka_settings
 from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
@@ -71,6 +72,8 @@ class FetchLoop(Service):
         max_records: int,
         session_timeout_ms: int,
         heartbeat_interval_ms: int,
+        protocol: str = "range",
+        instance_id: str | None = None,
         idle_timeout: float = 0.2,
         clock: Callable[[], float] = time.time,
         **kwargs: Any,
@@ -103,15 +106,16 @@ class FetchLoop(Service):
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
-                "session.timeout.ms": session_timeout_ms,
-                "heartbeat.interval.ms": heartbeat_interval_ms,
                 # A long settle (database outage) must not cost the group membership.
                 "max.poll.interval.ms": max(300_000, session_timeout_ms),
                 # Wake as soon as data is there instead of librdkafka's default backoff.
                 "fetch.queue.backoff.ms": 1,
                 "fetch.wait.max.ms": 100,
                 "queued.max.messages.kbytes": 65536,
-                "partition.assignment.strategy": "range",
+                **librdkafka_settings(protocol, session_timeout_ms, heartbeat_interval_ms),
+                # Static membership: a member that comes back under the same id within
+                # the session timeout takes its partitions back without a rebalance.
+                **({"group.instance.id": instance_id} if instance_id else {}),
             }
         )
 
@@ -175,6 +179,10 @@ class FetchLoop(Service):
                 for message in messages:
                     error = message.error()
                     if error is not None:
+                        if error.fatal() or error.code() == KafkaError._FATAL:
+                            # The consumer is finished (fenced, a refused instance id):
+                            # crash, and the supervisor starts the agent with a new one.
+                            raise KafkaException(error)
                         self._on_error(error)
                         continue
                     # Data messages always carry their partition; only errors may not.

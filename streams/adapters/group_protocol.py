@@ -1,0 +1,79 @@
+"""The consumer group protocol the agents use, and librdkafka's settings for it.
+
+``consumer`` is Kafka 4's protocol (KIP-848): the broker assigns partitions, one member
+at a time, and owns the session timeout and heartbeat. The classic protocol comes with
+an assignor: ``cooperative-sticky`` moves only the partitions that change owner,
+``range`` stops the whole group at each rebalance. A broker without the new protocol
+(Tansu, Kafka before 3.7) never assigns a ``consumer`` member anything and says nothing,
+so ``auto`` asks the broker first.
+
+What ``auto`` picks is measured (bench/rebalance.py, Apache Kafka 4.4 and Tansu):
+- on a broker with the consumer protocol, for a worker without a WORKER_ID, that
+  protocol: it hands partitions to a new member fastest and stops no one else;
+- there, for a static member (WORKER_ID), the classic protocol with cooperative-sticky: a killed
+  worker that comes back fetches again about 3 s after its start, where the consumer
+  protocol refuses the same instance id (UNRELEASED_INSTANCE_ID) until the old session
+  has timed out;
+- on a broker without the consumer protocol, range: Tansu never hands the partitions a
+  cooperative rebalance revoked to the new member, so they would stay unread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+from aiokafka.protocol.admin import ApiVersionRequest
+
+from streams.errors import ConfigError, RetryableError
+
+#: ConsumerGroupHeartbeat, the request of the new protocol.
+_CONSUMER_GROUP_HEARTBEAT = 68
+
+
+async def broker_has_consumer_protocol(bootstrap: str) -> bool:
+    """Whether the broker answers ConsumerGroupHeartbeat (from its ApiVersions)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="streamsight-probe")
+    # aiokafka logs each refused connection; the one-line error below says it all.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        await client.bootstrap()
+        response = await client.send(client.get_random_node(), ApiVersionRequest())
+    except KafkaError:
+        raise RetryableError(f"Kafka at {bootstrap}: not reachable") from None
+    finally:
+        quiet.setLevel(level)
+        await client.close()
+    return any(key == _CONSUMER_GROUP_HEARTBEAT for key, _low, _high in response.api_versions)
+
+
+async def resolve(setting: str, bootstrap: str, static: bool = False) -> str:
+    """The protocol to use for CONSUMER_GROUP_PROTOCOL=``setting`` (``static``: the
+    worker has a WORKER_ID)."""
+    if setting not in ("auto", "consumer"):
+        return setting
+    offered = await broker_has_consumer_protocol(bootstrap)
+    if setting == "consumer" and not offered:
+        raise ConfigError(f"invalid setting CONSUMER_GROUP_PROTOCOL: the broker at {bootstrap} "
+                          "does not offer the consumer protocol (KIP-848); use auto, "
+                          "cooperative-sticky or range")
+    if setting == "consumer":
+        return "consumer"
+    if not offered:
+        return "range"
+    return "cooperative-sticky" if static else "consumer"
+
+
+def librdkafka_settings(protocol: str, session_timeout_ms: int, heartbeat_interval_ms: int,
+                        ) -> dict[str, Any]:
+    """The consumer settings of a resolved protocol (librdkafka refuses the session,
+    heartbeat and assignor settings under the consumer protocol)."""
+    if protocol == "consumer":
+        return {"group.protocol": "consumer"}
+    return {"group.protocol": "classic", "partition.assignment.strategy": protocol,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": heartbeat_interval_ms}

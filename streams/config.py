@@ -57,8 +57,7 @@ class Settings(BaseSettings):
     consumer_heartbeat_interval_ms: int = Field(3_000, ge=100)
     # How a group shares partitions: "consumer" is Kafka 4's protocol (KIP-848; the broker
     # then owns the session timeout and heartbeat: group.consumer.* settings), the others
-    # the classic protocol with that assignor; "auto" takes "consumer" where the broker
-    # offers it, else "cooperative-sticky".
+    # the classic protocol with that assignor; "auto": see streams/adapters/group_protocol.
     consumer_group_protocol: Literal["auto", "consumer", "cooperative-sticky", "range"] = "auto"
     # A stable identity per worker (a StatefulSet ordinal, a host name): static membership,
     # so that a worker restarted within the session timeout keeps its partitions with no

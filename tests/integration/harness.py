@@ -13,12 +13,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    Producer,
+    TopicPartition,
+)
 
+from streams import replay
 from streams.adapters.kafka import (
     apply_plan,
     faust_leader_topic,
@@ -26,8 +33,7 @@ from streams.adapters.kafka import (
     make_admin,
     plan_topics,
 )
-from streams.embedded import EmbeddedBroker, start_broker
-from streams.local_kafka import KafkaCluster
+from streams.embedded import start_local_broker
 from streams.synthetic import TrafficGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +52,7 @@ def own_broker(kind: str = "tansu") -> Iterator[Broker]:
     """A broker for one test, with every topic of topics.yaml: tests that kill workers
     must not share consumer groups or topics with other tests. ``kind`` is ``tansu`` or
     ``kafka`` (Apache Kafka 4.4, one KRaft node)."""
-    broker: EmbeddedBroker | KafkaCluster
-    broker = start_broker() if kind == "tansu" else KafkaCluster(1).start()
+    broker = start_local_broker(kind)
     try:
         admin = make_admin(broker.bootstrap)
         declared = load_topics(ROOT / "topics.yaml")
@@ -55,10 +60,7 @@ def own_broker(kind: str = "tansu") -> Iterator[Broker]:
         apply_plan(admin, plan_topics(admin, [*declared, faust_leader_topic("it", declared)]))
         yield broker
     finally:
-        if isinstance(broker, KafkaCluster):
-            broker.close()
-        else:
-            broker.stop()
+        broker.close()
 
 
 class Worker:
@@ -280,3 +282,44 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=ROOT,
                           env={**os.environ, "COLUMNS": "200", **env}, capture_output=True,
                           text=True, timeout=120, check=False, stdin=subprocess.DEVNULL)
+
+
+async def wait_for(check: Any, within: float, what: str, workers: list[Worker]) -> None:
+    """Until ``check()`` is true; it may return (done, what it saw) for the failure."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        done, seen = result if isinstance(result, tuple) else (result, "")
+        if done:
+            return
+        if time.monotonic() > deadline:
+            logs = "\n".join(w.log_text()[-3000:] for w in workers)
+            raise AssertionError(f"{what} not within {within}s: {seen}\n{logs}")
+        await asyncio.sleep(0.5)
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p)
+                                                   for p in range(partitions)])
+    admin = make_admin(bootstrap)  # kept referenced until the answer is in
+    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
+    return [tp.offset for tp in sorted(result.topic_partitions, key=lambda tp: tp.partition)]
+
+
+def exact_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    admin = make_admin(bootstrap)
+    reader = replay.offset_reader(bootstrap)
+    try:
+        offsets = replay.Offsets(admin, reader, topic)
+        return {p: end for p, (_, end) in offsets.bounds(offsets.partitions()).items()}
+    finally:
+        reader.close()
+
+
+def caught_up(bootstrap: str, group: str, topic: str) -> Any:
+    async def check() -> tuple[bool, str]:
+        ends = [end for _, end in sorted(exact_ends(bootstrap, topic).items())]
+        # No commit on an empty partition is as good as one at its end (0 here).
+        now = [max(0, o) for o in committed(bootstrap, group, topic, len(ends))]
+        return now == ends, f"committed {now}, ends {ends}"
+    return check

@@ -243,7 +243,11 @@ async def test_two_workers_share_one_request_budget(
     # 600 events in batches of 10 over 20 sources: 60 requests, far more than the budget
     # lets through in the window below.
     await asyncio.to_thread(produce, fresh_broker.bootstrap, 600, sources=20, seed=8)
-    await asyncio.sleep(25)
+    # Twenty calls take the budget about twenty seconds: long enough to show the rate.
+    deadline = time.monotonic() + 120
+    while len(ai_server.chat_requests) < 20:
+        assert time.monotonic() < deadline, len(ai_server.chat_requests)
+        await asyncio.sleep(0.2)
     await asyncio.gather(asyncio.to_thread(first.stop), asyncio.to_thread(second.stop))
     times = sorted(call.at for call in ai_server.chat_requests)
     assert len(times) >= 10

@@ -30,10 +30,12 @@ from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     ROOT,
     Broker,
-    Worker,
     batch_rows,
+    caught_up,
+    committed,
     events_batched,
     produce,
+    wait_for,
     wait_for_log,
     worker_env,
 )
@@ -58,14 +60,6 @@ def create_topics(bootstrap: str, **partitions: int) -> None:
     while not set(partitions) <= set(admin.list_topics(timeout=5).topics):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p)
-                                                   for p in range(partitions)])
-    admin = make_admin(bootstrap)  # kept referenced until the answer is in
-    result = admin.list_consumer_group_offsets([request])[group].result(timeout=30)
-    return [tp.offset for tp in sorted(result.topic_partitions, key=lambda tp: tp.partition)]
 
 
 def commit(bootstrap: str, group: str, topic: str, offsets: list[int]) -> None:
@@ -261,20 +255,6 @@ def test_copy_a_time_range_and_a_key(fresh_broker: Broker) -> None:
         1, "streamsight: topic 'nope' does not exist\n")
 
 
-async def wait_for(check: Any, within: float, what: str, workers: list[Worker]) -> None:
-    """Until ``check()`` is true; it may return (done, what it saw) for the failure."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        done, seen = result if isinstance(result, tuple) else (result, "")
-        if done:
-            return
-        if time.monotonic() > deadline:
-            logs = "\n".join(w.log_text()[-3000:] for w in workers)
-            raise AssertionError(f"{what} not within {within}s: {seen}\n{logs}")
-        await asyncio.sleep(0.5)
-
-
 async def table_count(dsn: str, table: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -283,28 +263,9 @@ async def table_count(dsn: str, table: str) -> int:
         await conn.close()
 
 
-def exact_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    admin = make_admin(bootstrap)
-    reader = replay.offset_reader(bootstrap)
-    try:
-        offsets = replay.Offsets(admin, reader, topic)
-        return {p: end for p, (_, end) in offsets.bounds(offsets.partitions()).items()}
-    finally:
-        reader.close()
-
-
 def performance_rows(bootstrap: str) -> int:
     """Rows in the messages of the performance topic (each a JSON array of rows)."""
     return sum(len(orjson.loads(m.value())) for m in read_all(bootstrap, "performance", 4))
-
-
-def caught_up(bootstrap: str, group: str, topic: str) -> Any:
-    async def check() -> tuple[bool, str]:
-        ends = [end for _, end in sorted(exact_ends(bootstrap, topic).items())]
-        # No commit on an empty partition is as good as one at its end (0 here).
-        now = [max(0, o) for o in committed(bootstrap, group, topic, len(ends))]
-        return now == ends, f"committed {now}, ends {ends}"
-    return check
 
 
 @pytest.mark.kafka

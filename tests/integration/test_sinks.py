@@ -14,10 +14,12 @@ from streams.core.models import PerformanceRow
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     Broker,
+    caught_up,
     events_batched,
     expected_rows,
     produce,
     read_topic,
+    wait_for,
     worker_env,
 )
 from tests.support.ai_server import AIServer, Reply
@@ -68,7 +70,8 @@ async def test_insights_and_usage_land_once_even_when_replayed(
 
     # A second sink in a new consumer group reads the whole topic again: nothing new.
     replay = workers("replay", {**env, "APP_ID": "replay"}, "sink-insights")
-    await asyncio.sleep(12)
+    await wait_for(caught_up(fresh_broker.bootstrap, "replay-sink-insights", "insights"), 90,
+                   "the replaying sink read insights to its end", [replay])
     assert await asyncio.to_thread(replay.stop) == 0
     assert "fetch.first" in replay.log_text()
     assert await counts(migrated_database) == (batches, insights, usage)
@@ -111,7 +114,8 @@ async def test_error_records_and_their_usage_land_once(
     assert batch["status"] == "DEAD"
 
     replay = workers("replay-errors", {**env, "APP_ID": "replay"}, "sink-errors")
-    await asyncio.sleep(12)
+    await wait_for(caught_up(fresh_broker.bootstrap, "replay-sink-errors", "errors"), 90,
+                   "the replaying sink read errors to its end", [replay])
     assert await asyncio.to_thread(replay.stop) == 0
     assert "fetch.first" in replay.log_text()
     assert await rows() == (1, 2)
@@ -165,7 +169,8 @@ async def test_performance_rows_land_once_and_feed_the_aggregates(
     assert value == b"{not a row" and headers["dlq.origin.topic"] == b"performance"
 
     replay = workers("replay-perf", {**env, "APP_ID": "replay"}, "sink-performance")
-    await asyncio.sleep(12)
+    await wait_for(caught_up(fresh_broker.bootstrap, "replay-sink-performance", "performance"), 90,
+                   "the replaying sink read performance to its end", [replay])
     assert await asyncio.to_thread(replay.stop) == 0
     assert "fetch.first" in replay.log_text()
     assert await stored() == len(rows)

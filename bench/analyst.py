@@ -35,7 +35,7 @@ import asyncpg
 import msgspec
 import orjson
 from baselines import peak_rss_mib
-from brokers import BROKERS, Broker
+from brokers import BROKERS
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from run import (
     BATCH_SIZE,
@@ -51,7 +51,12 @@ from run import (
 from streams import config
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import Insight
-from streams.embedded import create_database, drop_database, ensure_postgres
+from streams.embedded import (
+    create_database,
+    drop_database,
+    ensure_postgres,
+    start_local_broker,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -196,7 +201,7 @@ def _measure(fig: Figures, insights: dict[str, Insight], dsn: str) -> None:
 def run(kind: str, events: int, timeout: float) -> Figures:
     fig = Figures(events=events, batches=events // BATCH_SIZE)
     token = secrets.token_hex(4)
-    broker = Broker(kind)
+    broker = start_local_broker(kind)
     admin_dsn: str | None = None
     database = f"bench_analyst_{token}"
     try:
@@ -239,7 +244,7 @@ def run(kind: str, events: int, timeout: float) -> Figures:
     except BenchError as exc:
         fig.error = str(exc)
     finally:
-        broker.stop()
+        broker.close()
         if admin_dsn is not None:
             drop_database(admin_dsn, database)
     return fig

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-from brokers import BROKERS, Broker
+from brokers import BROKERS
 from confluent_kafka import Producer
 
 # Public names that confluent_kafka.admin re-exports without __all__.
@@ -48,7 +48,12 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from streams.adapters.group_protocol import broker_has_consumer_protocol
-from streams.embedded import create_database, drop_database, ensure_postgres
+from streams.embedded import (
+    create_database,
+    drop_database,
+    ensure_postgres,
+    start_local_broker,
+)
 from streams.synthetic import TrafficGenerator
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -284,7 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", choices=sorted(BROKERS), default="kafka")
     args = parser.parse_args()
-    broker = Broker(args.broker)
+    broker = start_local_broker(args.broker)
     work = Path(tempfile.mkdtemp(prefix="streamsight-rebalance-"))
     runs: list[Run] = []
     try:
@@ -297,7 +302,7 @@ def main() -> None:
             for static in (False, True):
                 runs.append(run_one(broker.bootstrap, protocol, static, work))
     finally:
-        broker.stop()
+        broker.close()
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS_DIR / f"{stamp}-rebalance-{args.broker}.json"

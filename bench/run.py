@@ -34,13 +34,18 @@ from typing import IO
 import asyncpg
 import orjson
 from baselines import peak_rss_mib
-from brokers import BROKERS, Broker
+from brokers import BROKERS
 from confluent_kafka import Producer
 
 # Public names that confluent_kafka.admin re-exports without __all__.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streams.embedded import create_database, drop_database, ensure_postgres
+from streams.embedded import (
+    create_database,
+    drop_database,
+    ensure_postgres,
+    start_local_broker,
+)
 from streams.synthetic import TrafficGenerator
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -339,7 +344,7 @@ def run_on(kind: str, args: argparse.Namespace, chosen: list[str]) -> tuple[list
     """Every run of every chosen contender on a fresh broker of ``kind``, and the average
     event size in bytes."""
     token = secrets.token_hex(4)
-    broker = Broker(kind)
+    broker = start_local_broker(kind)
     runs: list[Result] = []
     try:
         create_topics(broker.bootstrap, [TOPIC])
@@ -366,7 +371,7 @@ def run_on(kind: str, args: argparse.Namespace, chosen: list[str]) -> tuple[list
                     result = run_baseline(name, broker.bootstrap, target, f"{token}{round_}")
                 runs.append(result)
     finally:
-        broker.stop()
+        broker.close()
     return runs, size
 
 

@@ -29,14 +29,19 @@ from pathlib import Path
 import asyncpg
 import msgspec
 import orjson
-from brokers import BROKERS, Broker
+from brokers import BROKERS
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.core.models import PerformanceRow
 from streams.core.rows import chunks
-from streams.embedded import create_database, drop_database, ensure_postgres
+from streams.embedded import (
+    create_database,
+    drop_database,
+    ensure_postgres,
+    start_local_broker,
+)
 
 RESULTS = Path(__file__).parent / "results"
 COLUMNS = ("time", "source", "route", "method", "status_code", "duration_ms", "success",
@@ -115,7 +120,7 @@ def main() -> None:
     admin = ensure_postgres()
     database = f"bench_sink_{token}"
     dsn = create_database(admin, database)
-    broker = Broker(args.broker)
+    broker = start_local_broker(args.broker)
     run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"streamsight-bench-sink-{token}"
     run_dir.mkdir(parents=True)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "DATABASE_URL": dsn,
@@ -140,7 +145,7 @@ def main() -> None:
         raw = asyncio.run(raw_copy(dsn, rows))
         sink = run_sink(env, dsn, args.rows)
     finally:
-        broker.stop()
+        broker.close()
         drop_database(admin, database)
     ratio = sink / raw
     print(f"{'writer':<22}{'rows/s':>12}  on {BROKERS[args.broker]}")

@@ -921,10 +921,7 @@ class Demo:
                 self.consumer.close()
                 self.consumer = None
             if self.broker is not None:
-                if isinstance(self.broker, KafkaCluster):
-                    self.broker.close()
-                else:
-                    self.broker.stop()
+                self.broker.close()
                 self.broker = None
                 self.console.print("broker stopped")
 

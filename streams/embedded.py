@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from streams.errors import PermanentError, RetryableError
 from streams.local_kafka import KAFKA_VERSION, KafkaCluster
 from streams.local_postgres import LocalPostgres, shared_root, shared_server
+from streams.processes import terminate
 
 BROKER_START_TIMEOUT = 20.0
 POSTGRES_START_TIMEOUT = 60.0
@@ -69,15 +70,13 @@ class EmbeddedBroker:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
+        terminate(self.process, timeout)
         with contextlib.suppress(ValueError):
             atexit.unregister(self.stop)
+
+    def close(self) -> None:
+        """As KafkaCluster.close: Tansu keeps nothing on disk, so this is stop()."""
+        self.stop()
 
     def __enter__(self) -> EmbeddedBroker:
         return self
@@ -165,6 +164,12 @@ def start_broker(
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
+
+
+def start_local_broker(kind: str) -> EmbeddedBroker | KafkaCluster:
+    """A fresh broker on this machine, ``tansu`` (embedded) or ``kafka`` (Apache Kafka,
+    one KRaft node); ``close()`` stops it and removes what it wrote."""
+    return start_broker() if kind == "tansu" else KafkaCluster(1).start()
 
 
 def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.errors import PermanentError, RetryableError
+from streams.processes import terminate
 
 KAFKA_VERSION = "4.4.0"
 POM = Path(__file__).with_name("kafka.pom.xml")
@@ -183,12 +184,7 @@ class KafkaNode:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGCONT)  # in case a test left it stopped
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout)
+        terminate(self.process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from streams.config import Topics
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     Broker,
@@ -38,9 +39,7 @@ async def test_a_prefixed_deployment_uses_only_its_own_topics(
     assert applied.returncode == 0, applied.stderr
     names = set(AdminClient({"bootstrap.servers": fresh_broker.bootstrap})
                 .list_topics(timeout=10).topics)
-    ours = {f"{PREFIX}{t}" for t in ("events", "analysis-requests", "insights",
-                                     "performance", "errors", "dead-letter")}
-    assert ours <= names
+    assert set(Topics.prefixed(PREFIX).names()) <= names
 
     workers("prefixed", env, AGENTS)
     traffic = await asyncio.to_thread(produce, fresh_broker.bootstrap, 400, sources=4,

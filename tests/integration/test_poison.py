@@ -226,6 +226,14 @@ async def test_no_record_on_any_topic_stops_the_pipeline(
             len(traffic.valid) + valid_after + 5)
 
     await wait_for(restarted_and_idle, 90, "the restarted worker batched nothing", again)
+
+    async def new_rows_landed() -> bool:
+        # The five events' rows reach their tables through the sinks, after the batch.
+        now = await table_counts(migrated_database)
+        return now["api_performance"] >= before["api_performance"] + 5 and (
+            now["error_events"] >= before["error_events"] + 5)
+
+    await wait_for(new_rows_landed, 60, "the five new events' rows", again)
     after = await table_counts(migrated_database)
     assert after["batches"] == before["batches"] + 1
     assert (after["api_performance"], after["error_events"]) == (

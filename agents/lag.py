@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +46,19 @@ def _read(bootstrap: str, groups: dict[str, str], client_id: str,
         return [], str(exc)
 
 
+def _end_with(parent: int) -> None:
+    """In the child, first: exit as soon as the worker is gone. A worker killed with
+    SIGKILL cannot stop its child, whose librdkafka clients would otherwise retry for
+    ever (seen: a hundred orphans after a test run)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(0)  # no atexit: closing the clients would wait for a broker
+
+    threading.Thread(target=watch, name="end-with-worker", daemon=True).start()
+
+
 class LagService(Service):
     """Reads lag every LAG_INTERVAL_SECONDS in a child process, so that scrapes and the
     event loop never wait for the broker and a client crash cannot end the worker."""
@@ -56,7 +71,8 @@ class LagService(Service):
     def _new_pool(self) -> ProcessPoolExecutor:
         # Spawned, not forked: the worker runs librdkafka threads, which a fork would copy
         # in whatever state they are.
-        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_end_with, initargs=(os.getpid(),))
 
     async def on_start(self) -> None:
         self._pool = self._new_pool()

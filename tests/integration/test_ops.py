@@ -179,3 +179,39 @@ async def test_lag_keeps_growing_with_every_worker_stopped(
     finally:
         exporter.terminate()
         assert exporter.wait(30) == 0, (tmp_path / "exporter.log").read_text()
+
+
+def pool_children(pid: int) -> set[int]:
+    """The worker's multiprocessing children (the lag reader), not its resource tracker."""
+    out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True,
+                         text=True, check=False).stdout
+    return {int(line.split()[0]) for line in out.splitlines() if "spawn_main" in line}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_the_lag_reader_process_ends_with_a_killed_worker(
+    fresh_broker: Broker, migrated_database: str, workers: WorkerFactory,
+) -> None:
+    env = worker_env(fresh_broker, migrated_database, LAG_INTERVAL_SECONDS="1")
+    worker = workers("orphan", env)
+    assert worker.proc is not None
+    pid = worker.proc.pid
+
+    async def reader_started() -> bool:
+        return bool(pool_children(pid))
+
+    await wait_for(reader_started, 60, "the lag reader process")
+    [reader] = pool_children(pid)
+    worker.kill()
+
+    async def reader_gone() -> bool:
+        return not alive(reader)
+
+    await wait_for(reader_gone, 30, "the orphaned lag reader to exit")

@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from streams import config
 from streams.adapters import logs
-from streams.adapters.lag import LagCollector, LagReader, agent_groups
+from streams.adapters.lag import LagCollector, agent_groups
+from streams.adapters.lag_process import LagProcess
 
 
 def run(settings: config.Settings) -> None:
@@ -22,8 +23,8 @@ def run(settings: config.Settings) -> None:
     logs.configure(settings.log_level, settings.log_format)
     log = logs.get_logger(__name__)
     groups = agent_groups(settings.app_id, settings.topics.of_agents())
-    reader = LagReader(settings.kafka_bootstrap_servers, groups,
-                       client_id=f"{settings.app_id}-lag-exporter")
+    reader = LagProcess(settings.kafka_bootstrap_servers, groups,
+                        client_id=f"{settings.app_id}-lag-exporter")
     collector = LagCollector()
     registry = CollectorRegistry()
     registry.register(collector)

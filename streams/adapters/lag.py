@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from confluent_kafka import (
@@ -63,6 +63,12 @@ class GroupLag:
     @property
     def seconds(self) -> float:
         return max((p.seconds for p in self.partitions), default=0.0)
+
+
+class Reader(Protocol):
+    def read(self) -> list[GroupLag]:
+        """One reading of every group; raises KafkaException when it fails."""
+        ...
 
 
 class LagReader:
@@ -222,7 +228,7 @@ class LagCollector(Collector):
         failures.add_metric([], self.failures)
         yield from (messages, seconds, members, state, read_at, failures)
 
-    def refresh(self, reader: LagReader) -> None:
+    def refresh(self, reader: Reader) -> None:
         """Take a reading; a failed one keeps the previous values and counts."""
         try:
             groups = reader.read()

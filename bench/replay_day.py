@@ -86,7 +86,7 @@ def run_until_caught_up(env: dict[str, str], log: Path, dsn: str) -> dict[str, i
             lag = sum(g.messages for g in reader.read())
             now = asyncio.run(counts(dsn))
             now["dead-letter messages"] = dlq.count(
-                dlq.read(env["KAFKA_BOOTSTRAP_SERVERS"], idle=1.0)).total
+                dlq.read(env["KAFKA_BOOTSTRAP_SERVERS"], config.DEFAULT_TOPICS.dead_letter)).total
             steady = steady + 1 if (lag == 0 and now == last) else 0
             last = now
         return last

@@ -49,14 +49,14 @@ def topics_apply(
     from rich.console import Console
     from rich.table import Table
 
-    from streams.adapters import kafka
+    from streams.adapters import kafka, topics
 
     settings = _settings()
     path = file or Path(settings.topics_file)
-    specs = kafka.load_topics(path, settings.topic_prefix)
-    specs.append(kafka.faust_leader_topic(settings.app_id, specs))
+    specs = topics.load_topics(path, settings.topic_prefix)
+    specs.append(topics.faust_leader_topic(settings.app_id, specs))
     admin = kafka.make_admin(settings.kafka_bootstrap_servers)
-    plan = kafka.plan_topics(admin, specs)
+    plan = topics.plan_topics(admin, specs)
 
     styles = {"create": "green", "ok": "dim", "differs": "yellow"}
     table = Table(title=f"{path} -> {settings.kafka_bootstrap_servers}", title_justify="left")
@@ -73,7 +73,7 @@ def topics_apply(
     if dry_run:
         console.print("dry run: nothing changed")
         return
-    result = kafka.apply_plan(admin, plan, raise_partitions=raise_partitions)
+    result = topics.apply_plan(admin, plan, raise_partitions=raise_partitions)
     console.print(
         f"created {len(result.created)}, raised partitions on {len(result.raised)}, "
         f"{len(plan.differing)} differ (left as they are)"
@@ -308,28 +308,25 @@ _Redriven = Annotated[
 ]
 _Limit = Annotated[int | None, typer.Option(min=1, help="at most this many, oldest first")]
 _Json = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
-_Idle = Annotated[
-    float, typer.Option(min=0.2, help="seconds without a new message that end the read")
-]
 
 
 @dlq_app.command("list")
 def dlq_list(
-    since: _Since = None, until: _Until = None, as_json: _Json = False, idle: _Idle = 1.5
+    since: _Since = None, until: _Until = None, as_json: _Json = False
 ) -> None:
     """Count dead-letter messages by reason and by origin topic."""
     from streams import dlq
 
     settings = _settings()
     dlq.run_list(settings.kafka_bootstrap_servers, settings.topics.dead_letter,
-                 dlq.selection(since=since, until=until), as_json, idle)
+                 dlq.selection(since=since, until=until), as_json)
 
 
 @dlq_app.command("show")
 def dlq_show(
     reason: _Reason = None, origin_topic: _OriginTopic = None, since: _Since = None,
     until: _Until = None, redriven: _Redriven = None, limit: _Limit = None,
-    as_json: _Json = False, idle: _Idle = 1.5,
+    as_json: _Json = False,
 ) -> None:
     """Show dead-letter messages: reason, error, field, origin, key and value."""
     from streams import dlq
@@ -337,7 +334,7 @@ def dlq_show(
     chosen = dlq.selection(reason, origin_topic, since, until, redriven)
     settings = _settings()
     dlq.run_show(settings.kafka_bootstrap_servers, settings.topics.dead_letter, chosen, limit,
-                 as_json, idle)
+                 as_json)
 
 
 @dlq_app.command("redrive")
@@ -356,7 +353,7 @@ def dlq_redrive(
     execute: Annotated[
         bool, typer.Option("--execute", help="send them (default: dry run, list only)")
     ] = False,
-    as_json: _Json = False, idle: _Idle = 1.5,
+    as_json: _Json = False,
 ) -> None:
     """Send dead-letter messages back to their original topic (dry run unless --execute).
 
@@ -367,7 +364,7 @@ def dlq_redrive(
     chosen = dlq.selection(reason, origin_topic, since, until, redriven, offset)
     settings = _settings()
     dlq.run_redrive(settings.kafka_bootstrap_servers, settings.topics.dead_letter, chosen,
-                    limit, execute, as_json, idle, every=every)
+                    limit, execute, as_json, every=every)
 
 
 replay_app = typer.Typer(

@@ -327,16 +327,16 @@ class Demo:
         self.console.print(f"[green]✓[/] {what} [dim]({time.monotonic() - started:.1f}s)[/]")
 
     def apply_topics(self) -> None:
-        from streams.adapters import kafka
+        from streams.adapters import kafka, topics
 
         assert self.broker is not None
         settings = config.load()
         path = self.opts.topics_file or Path(settings.topics_file)
         if not path.exists() and self.opts.topics_file is None:
             path = _REPO_TOPICS
-        specs = kafka.load_topics(path, settings.topic_prefix)
+        specs = topics.load_topics(path, settings.topic_prefix)
         admin = kafka.make_admin(self.broker.bootstrap)
-        kafka.apply_plan(admin, kafka.plan_topics(admin, specs))
+        topics.apply_plan(admin, topics.plan_topics(admin, specs))
 
     def start_worker(self) -> None:
         assert self.broker is not None

@@ -1,10 +1,8 @@
 """The dead-letter topic for people: ``streamsight dlq list | show | redrive``.
 
-Dead-letter is read whole, from the beginning of every partition, by an assigned consumer
-that commits nothing (no consumer group to join or leave behind). A partition counts as
-read when nothing has come from it for ``idle`` seconds, or when it gives a message newer
-than the start of the read: some brokers (Tansu) under-report a partition's end offset,
-so the end offsets alone cannot say when everything has been read.
+Dead-letter is read whole, from the beginning of every partition up to the end offsets
+it had when the read began (exact on every broker: the Kafka adapter's ``Cluster``), by
+an assigned consumer that commits nothing (no consumer group to join or leave behind).
 
 Redrive sends chosen messages back to the topic they came from (``dlq.origin.topic``),
 with their original key and value, to the partition they were read from when it still
@@ -28,15 +26,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from streams.adapters.kafka import Cluster, client_conf
 from streams.core.deadletter import REDRIVE_HEADER
-from streams.errors import ConfigError, RetryableError, StreamsightError
+from streams.errors import ConfigError, PermanentError, RetryableError, StreamsightError
 
-#: Seconds without a new message after which dead-letter counts as read to its end.
-DEFAULT_IDLE_S = 1.5
-#: Seconds to wait for the first fetch answer before giving up on an unresponsive broker.
-_FIRST_FETCH_S = 15.0
-#: Clock skew allowed between this host and the producers of dead-letter messages.
-_SKEW_MS = 5_000
+#: Seconds without an answer from the broker after which a read gives up.
+_STALL_S = 15.0
 _PREVIEW_CHARS = 60
 _DELIVERY_TIMEOUT_S = 30
 
@@ -309,15 +304,6 @@ def outgoing(message: DeadLetter) -> Outgoing | None:
 # --- reading and sending ------------------------------------------------------------------
 
 
-def _client_conf(bootstrap: str) -> dict[str, Any]:
-    import logging
-
-    # Failures reach the caller as one StreamsightError; librdkafka's own log lines about
-    # connection attempts would only repeat it.
-    return {"bootstrap.servers": bootstrap, "log_level": 2,
-            "logger": logging.getLogger("librdkafka")}
-
-
 def _partitions(client: Any, topic: str) -> int:
     from confluent_kafka import KafkaException
 
@@ -333,59 +319,46 @@ def _partitions(client: Any, topic: str) -> int:
     return len(found.partitions)
 
 
-def read(bootstrap: str, topic: str, idle: float = DEFAULT_IDLE_S) -> Iterator[DeadLetter]:
-    """Every message of ``topic``, every partition from its beginning, until ``idle``
-    seconds pass without one. Commits nothing."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+def read(bootstrap: str, topic: str) -> Iterator[DeadLetter]:
+    """Every message of ``topic``, up to the end each partition had when the read began:
+    dead-letter may keep growing during an incident, and that must not keep it going.
+    Commits nothing."""
+    from confluent_kafka import KafkaError, TopicPartition
 
-    consumer = Consumer({
-        **_client_conf(bootstrap),
-        # Required by the client, never joined: partitions are assigned, nothing committed.
-        "group.id": f"streamsight-dlq-{uuid.uuid4().hex[:12]}",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
-    })
-    try:
-        partitions = _partitions(consumer, topic)
-        if not partitions:
-            raise ConfigError(f"topic {topic} does not exist (streamsight topics apply)")
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        started = time.monotonic()
-        # A message dead-lettered after this (with room for clock skew between hosts) is
-        # past the end this read set out to reach: its partition is done even while it
-        # keeps growing, as dead-letter may during an incident.
-        cutoff_ms = int(time.time() * 1000) + _SKEW_MS
-        answered: dict[int, float] = {}  # partition -> when it last gave a message or end
-        done: set[int] = set()
-        while len(done) < partitions:
-            now = time.monotonic()
-            if now - started > _FIRST_FETCH_S and len(answered) < partitions:
-                silent = sorted(set(range(partitions)) - set(answered))
+    with Cluster(bootstrap, f"streamsight-dlq-{uuid.uuid4().hex[:12]}") as cluster:
+        try:
+            partitions = cluster.partitions(topic)
+        except PermanentError:
+            raise ConfigError(f"topic {topic} does not exist (streamsight topics apply)") from None
+        bounds = cluster.bounds(topic, partitions)
+        pending = {p: end for p, (low, end) in bounds.items() if end > low}
+        reader = cluster.reader
+        reader.assign([TopicPartition(topic, p, bounds[p][0]) for p in pending])
+        answered = time.monotonic()
+        while pending:
+            messages = reader.consume(1000, 0.2)
+            if messages:
+                answered = time.monotonic()
+            elif time.monotonic() - answered > _STALL_S:
                 raise RetryableError(f"reading {topic}: no answer from {bootstrap} for "
-                                     f"partition(s) {silent} within {_FIRST_FETCH_S:.0f}s")
-            done.update(p for p, at in answered.items() if now - at >= idle)
-            for message in consumer.consume(1000, 0.2):
-                partition = message.partition() or 0
+                                     f"partition(s) {sorted(pending)} within {_STALL_S:.0f}s")
+            for message in messages:
+                partition: int = message.partition()  # type: ignore[assignment]
+                offset: int = message.offset()  # type: ignore[assignment]
                 err = message.error()
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
                         raise RetryableError(f"reading {topic}: {err.str()}")
-                    answered[partition] = time.monotonic()
+                    # Short of its end only when retention removed messages meanwhile.
+                    pending.pop(partition, None)
                     continue
-                if partition in done:
+                if partition not in pending or offset >= pending[partition]:
                     continue
-                answered[partition] = time.monotonic()
+                if offset + 1 >= pending[partition]:
+                    del pending[partition]
                 ts_type, ts_ms = message.timestamp()
-                if ts_type and ts_ms > cutoff_ms:
-                    done.add(partition)
-                    continue
-                yield from_message(partition, message.offset() or 0,
-                                   ts_ms if ts_type else -1, message.key(), message.value(),
-                                   message.headers())
-    finally:
-        consumer.close()
+                yield from_message(partition, offset, ts_ms if ts_type else -1, message.key(),
+                                   message.value(), message.headers())
 
 
 @dataclass
@@ -411,7 +384,7 @@ def send(bootstrap: str, messages: Sequence[Outgoing]) -> SendReport:
         return delivered
 
     producer = Producer({
-        **_client_conf(bootstrap),
+        **client_conf(bootstrap, "streamsight-dlq"),
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": 5,
@@ -455,11 +428,11 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def run_list(bootstrap: str, topic: str, selection: Selection, as_json: bool, idle: float) -> None:
+def run_list(bootstrap: str, topic: str, selection: Selection, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    counts = count(m for m in read(bootstrap, topic, idle) if selection.matches(m))
+    counts = count(m for m in read(bootstrap, topic) if selection.matches(m))
     if as_json:
         _print_json(counts.to_json())
         return
@@ -510,15 +483,15 @@ def _print_messages(console: Any, messages: Sequence[DeadLetter], redrive: bool 
 
 
 def _collect(bootstrap: str, topic: str, selection: Selection, limit: int | None,
-             idle: float) -> list[DeadLetter]:
-    return ordered((m for m in read(bootstrap, topic, idle) if selection.matches(m)), limit)
+             ) -> list[DeadLetter]:
+    return ordered((m for m in read(bootstrap, topic) if selection.matches(m)), limit)
 
 
 def run_show(bootstrap: str, topic: str, selection: Selection, limit: int | None, as_json: bool,
-             idle: float) -> None:
+             ) -> None:
     from rich.console import Console
 
-    messages = _collect(bootstrap, topic, selection, limit, idle)
+    messages = _collect(bootstrap, topic, selection, limit)
     if as_json:
         _print_json([m.to_json() for m in messages])
         return
@@ -528,13 +501,13 @@ def run_show(bootstrap: str, topic: str, selection: Selection, limit: int | None
 
 
 def run_redrive(bootstrap: str, topic: str, selection: Selection, limit: int | None, execute: bool,
-                as_json: bool, idle: float, every: bool = False) -> None:
+                as_json: bool, every: bool = False) -> None:
     from rich.console import Console
 
     if selection.everything and not every:
         raise ConfigError("say which messages to redrive: --reason, --origin-topic, --since, "
                           "--until, --redriven or --offset (or --all for every one)")
-    messages = _collect(bootstrap, topic, selection, limit, idle)
+    messages = _collect(bootstrap, topic, selection, limit)
     missing = sorted(selection.positions - {(m.partition, m.offset) for m in messages})
     plan = [(m, outgoing(m)) for m in messages]
     sendable = [out for _, out in plan if out is not None]

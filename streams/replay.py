@@ -10,13 +10,8 @@ one topic to another, keeping key, value, headers and timestamp and adding the h
 ``replay.copied-from`` = ``<topic>/<partition>/<offset>`` (and ``replay.copied-at``). It
 stops at the end offsets it captured at the start, so a live topic does not keep it going.
 
-Offsets are found by reading, where brokers differ: end offsets are read up to the end of
-each partition (Tansu's ListOffsets "latest" reports the last batch's base offset + 1),
-and the offset of a point in time is asked from the broker (ListOffsets by timestamp),
-checked against the timestamps of the messages around it, and found by a binary search
-over message timestamps when the answer does not hold (Tansu answers 0 for any time).
-The search assumes timestamps that do not go backwards within a partition, as producers
-stamping the current time and LogAppendTime topics give.
+End offsets and the offsets of points in time come from the Kafka adapter's ``Cluster``,
+which asks the broker and reads the log instead where a broker answers wrong (Tansu).
 
 What replaying the batcher does: its recovery reads the ``batches`` rows that end at or
 after the offset it starts from and re-forms those batches from the same events (same
@@ -31,7 +26,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -45,7 +40,6 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from tenacity import (
     Retrying,
     retry_if_exception_type,
@@ -54,18 +48,12 @@ from tenacity import (
 )
 
 from streams import config
-from streams.adapters.kafka import kafka_error, make_admin
-from streams.adapters.lag import committed_offsets, state_name
+from streams.adapters.kafka import Cluster, client_conf, kafka_error
 from streams.errors import ConfigError, PermanentError, StreamsightError
 
 TIMEOUT_S = 15.0
 COPIED_FROM = "replay.copied-from"
 COPIED_AT = "replay.copied-at"
-#: Group states in which nobody consumes; any other state (Tansu reports STABLE with no
-#: members for a group in use) refuses a reset.
-IDLE_STATES = frozenset({"empty", "dead"})
-_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
-_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
 
 # --- pure planning -------------------------------------------------------------------------
 
@@ -196,172 +184,18 @@ def plan_partition(partition: int, current: int | None, wanted: int, low: int, e
     return PartitionPlan(partition, current, target, low, end, clamped=target != wanted)
 
 
-# --- reading offsets from the broker -------------------------------------------------------
-
-
-def offset_reader(bootstrap: str) -> Consumer:
-    """Assigned, never subscribed, never commits: joins no group, moves no offset."""
-    return Consumer({
-        "bootstrap.servers": bootstrap, "group.id": "streamsight-replay-reader",
-        "client.id": "streamsight-replay-reader", "enable.auto.commit": False,
-        "enable.partition.eof": True, "auto.offset.reset": "earliest", "log_level": 2,
-        # Probes move from offset to offset: a fetch held open at the end would delay each.
-        "fetch.wait.max.ms": 10,
-    })
-
-
-class Offsets:
-    """Exact low and end offsets and the offsets of points in time, for one topic."""
-
-    def __init__(self, admin: AdminClient, reader: Consumer, topic: str) -> None:
-        self.admin = admin
-        self.reader = reader
-        self.topic = topic
-
-    def partitions(self) -> list[int]:
-        try:
-            # All topics: a request naming the topic may create it (auto-create).
-            metadata = self.admin.list_topics(timeout=TIMEOUT_S)
-        except KafkaException as exc:
-            raise kafka_error(exc, f"reading the partitions of {self.topic}") from exc
-        found = metadata.topics.get(self.topic)
-        if found is None or found.error is not None or not found.partitions:
-            raise PermanentError(f"topic {self.topic!r} does not exist")
-        return sorted(found.partitions)
-
-    def _list(self, partitions: Iterable[int], spec: Any) -> dict[int, tuple[int, int]]:
-        """(offset, timestamp) per partition from ListOffsets."""
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if not tps:
-            return {}
-        try:
-            futures = self.admin.list_offsets({tp: spec for tp in tps},
-                                              request_timeout=TIMEOUT_S)
-            return {tp.partition: (f.result().offset, f.result().timestamp)
-                    for tp, f in futures.items()}
-        except KafkaException as exc:
-            raise kafka_error(exc, f"listing offsets of {self.topic}") from exc
-
-    def bounds(self, partitions: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """(low, end) per partition, the end read exactly: from just before the end the
-        broker reports up to the end of the partition (one message on Kafka, the last
-        produce batch on Tansu, whose "latest" trails the true end)."""
-        lows = {p: o for p, (o, _) in self._list(partitions, _EARLIEST).items()}
-        reported = {p: o for p, (o, _) in self._list(partitions, _LATEST).items()}
-        starts = {p: max(lows[p], reported[p] - 1) for p in partitions}
-        ends = self._read_to_end(starts)
-        return {p: (lows[p], ends[p]) for p in partitions}
-
-    def _read_to_end(self, starts: dict[int, int]) -> dict[int, int]:
-        reader = self.reader
-        reader.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
-        ends: dict[int, int] = {}
-        deadline = time.monotonic() + TIMEOUT_S * 2
-        try:
-            while len(ends) < len(starts):
-                if time.monotonic() > deadline:
-                    missing = sorted(set(starts) - set(ends))
-                    raise PermanentError(f"reading the end of {self.topic} partitions "
-                                         f"{missing} timed out")
-                for message in reader.consume(10_000, 0.1):
-                    error = message.error()
-                    if error is None:
-                        continue
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        where: int = message.partition()  # type: ignore[assignment]
-                        ends[where] = message.offset()  # type: ignore[assignment]
-                    elif error.fatal() or not error.retriable():
-                        raise kafka_error(KafkaException(error), f"reading {self.topic}")
-        finally:
-            reader.unassign()
-        return ends
-
-    def first_at_or_after(self, partition: int, offset: int, end: int) -> tuple[int, int] | None:
-        """(offset, timestamp ms) of the first message at or after ``offset``, or None."""
-        if offset >= end:
-            return None
-        reader = self.reader
-        reader.assign([TopicPartition(self.topic, partition, offset)])
-        deadline = time.monotonic() + TIMEOUT_S
-        try:
-            while time.monotonic() < deadline:
-                message = reader.poll(0.5)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is None:
-                    return message.offset(), message.timestamp()[1]  # type: ignore[return-value]
-                if error.code() == KafkaError._PARTITION_EOF:
-                    return None
-                if error.fatal() or not error.retriable():
-                    raise kafka_error(KafkaException(error), f"reading {self.topic}")
-        finally:
-            reader.unassign()
-        raise PermanentError(f"reading {self.topic}/{partition} at offset {offset} timed out")
-
-    def for_times(self, ms: int, bounds: dict[int, tuple[int, int]]) -> dict[int, int]:
-        """Per partition, the offset of the first message stamped at or after ``ms`` (the
-        end offset when there is none)."""
-        answers = self._list(bounds, OffsetSpec.for_timestamp(ms))
-        out = {}
-        for partition, (low, end) in bounds.items():
-            offset = answers[partition][0]
-            offset = end if offset < 0 else offset
-            if not self._holds(partition, offset, ms, low, end):
-                offset = self._search(partition, ms, low, end)
-            out[partition] = offset
-        return out
-
-    def _holds(self, partition: int, offset: int, ms: int, low: int, end: int) -> bool:
-        """Whether ``offset`` is the first one at or after ``ms``: its message is not
-        older and the message before it is."""
-        if not low <= offset <= end:
-            return False
-        at = self.first_at_or_after(partition, offset, end)
-        if at is not None and at[1] < ms:
-            return False
-        if offset == low:
-            return True
-        before = self.first_at_or_after(partition, offset - 1, end)
-        return before is None or before[0] >= offset or before[1] < ms
-
-    def _search(self, partition: int, ms: int, low: int, end: int) -> int:
-        """Binary search over message timestamps in [low, end)."""
-        lo, hi = low, end
-        while lo < hi:
-            mid = (lo + hi) // 2
-            found = self.first_at_or_after(partition, mid, end)
-            if found is None or found[1] >= ms:
-                hi = mid
-            else:
-                lo = found[0] + 1
-        return lo
-
-
 # --- reset ---------------------------------------------------------------------------------
 
 
-def ensure_idle(admin: AdminClient, group: str) -> None:
+def ensure_idle(cluster: Cluster, group: str) -> None:
     """Refuse while anyone consumes in ``group`` (a reset would be overwritten by their
     next commit, and Kafka refuses it anyway)."""
-    try:
-        description = admin.describe_consumer_groups(
-            [group], request_timeout=TIMEOUT_S)[group].result()
-    except KafkaException as exc:
-        raise kafka_error(exc, f"describing consumer group {group}") from exc
-    state, members = state_name(description), len(description.members)
-    if members or state not in IDLE_STATES:
+    found = cluster.group(group)
+    if not found.idle:
+        members = "" if found.members is None else f", {found.members} members"
         raise StreamsightError(
-            f"consumer group {group} is active (state {state}, {members} members): "
+            f"consumer group {group} is active (state {found.state}{members}): "
             "stop its workers first, then reset")
-
-
-def committed(admin: AdminClient, group: str, topic: str, partitions: Sequence[int],
-              ) -> dict[int, int | None]:
-    try:
-        return committed_offsets(admin, group, topic, partitions)
-    except KafkaException as exc:
-        raise kafka_error(exc, f"reading the offsets of consumer group {group}") from exc
 
 
 @dataclass(frozen=True)
@@ -376,30 +210,24 @@ class ResetPlan:
         return sum(max(0, p.reprocess or 0) for p in self.partitions)
 
 
-def plan_reset(bootstrap: str, group: str, topic: str, target: Target,
+def plan_reset(cluster: Cluster, group: str, topic: str, target: Target,
                partitions: Sequence[int] | None = None) -> ResetPlan:
-    admin = make_admin(bootstrap)
-    reader = offset_reader(bootstrap)
-    try:
-        offsets = Offsets(admin, reader, topic)
-        existing = offsets.partitions()
-        chosen = list(partitions) if partitions is not None else existing
-        unknown = sorted(set(chosen) - set(existing))
-        if unknown:
-            raise ConfigError(f"topic {topic} has no partition {unknown[0]} "
-                              f"(it has {len(existing)})")
-        bounds = offsets.bounds(chosen)
-        current = committed(admin, group, topic, chosen)
-        if target.kind == "time":
-            wanted = offsets.for_times(target.value, bounds)
-        elif target.kind == "offset":
-            wanted = dict.fromkeys(chosen, target.value)
-        else:
-            wanted = {p: low for p, (low, _) in bounds.items()}
-        return ResetPlan(group, topic, target, tuple(
-            plan_partition(p, current[p], wanted[p], *bounds[p]) for p in chosen))
-    finally:
-        reader.close()
+    existing = cluster.partitions(topic)
+    chosen = list(partitions) if partitions is not None else existing
+    unknown = sorted(set(chosen) - set(existing))
+    if unknown:
+        raise ConfigError(f"topic {topic} has no partition {unknown[0]} "
+                          f"(it has {len(existing)})")
+    bounds = cluster.bounds(topic, chosen)
+    current = cluster.committed(group, topic, chosen)
+    if target.kind == "time":
+        wanted = cluster.offsets_at(topic, target.value, bounds)
+    elif target.kind == "offset":
+        wanted = dict.fromkeys(chosen, target.value)
+    else:
+        wanted = {p: low for p, (low, _) in bounds.items()}
+    return ResetPlan(group, topic, target, tuple(
+        plan_partition(p, current[p], wanted[p], *bounds[p]) for p in chosen))
 
 
 class _CoordinatorMoving(StreamsightError):
@@ -412,9 +240,8 @@ _COORDINATOR_MOVING = frozenset({"NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRES
                                  "COORDINATOR_NOT_AVAILABLE"})
 
 
-def apply_reset(bootstrap: str, plan: ResetPlan) -> None:
-    admin = make_admin(bootstrap)
-    ensure_idle(admin, plan.group)
+def apply_reset(cluster: Cluster, plan: ResetPlan) -> None:
+    ensure_idle(cluster, plan.group)
     request = ConsumerGroupTopicPartitions(plan.group, [
         TopicPartition(plan.topic, p.partition, p.target) for p in plan.partitions])
     for attempt in Retrying(retry=retry_if_exception_type(_CoordinatorMoving),
@@ -423,7 +250,7 @@ def apply_reset(bootstrap: str, plan: ResetPlan) -> None:
                             reraise=True):
         with attempt:
             try:
-                result = admin.alter_consumer_group_offsets(
+                result = cluster.admin.alter_consumer_group_offsets(
                     [request], request_timeout=TIMEOUT_S)[plan.group].result()
             except KafkaException as exc:
                 raise kafka_error(exc, f"moving the offsets of consumer group {plan.group}",
@@ -443,16 +270,28 @@ def run_reset(settings: config.Settings, *, group: str, topic: str | None, targe
               partitions: str | None, execute: bool) -> None:
     """``streamsight replay reset``: show the plan, apply it with ``execute``."""
     from rich.console import Console
-    from rich.table import Table
 
     group, topic = resolve_group(group, settings.app_id, topic, settings.topics)
-    bootstrap = settings.kafka_bootstrap_servers
-    # Refuse before planning too: a plan for an active group would be stale at once.
-    ensure_idle(make_admin(bootstrap), group)
-    plan = plan_reset(bootstrap, group, topic, target, parse_partitions(partitions))
+    with Cluster(settings.kafka_bootstrap_servers, "streamsight-replay") as cluster:
+        # Refuse before planning too: a plan for an active group would be stale at once.
+        ensure_idle(cluster, group)
+        plan = plan_reset(cluster, group, topic, target, parse_partitions(partitions))
+        _show(plan)
+        if not execute:
+            Console().print(f"{plan.reprocess:,} messages to reprocess; "
+                            "dry run: add --execute to apply")
+            return
+        apply_reset(cluster, plan)
+    Console().print(f"moved {group} on {len(plan.partitions)} partitions of {topic}; "
+                    f"{plan.reprocess:,} messages to reprocess")
+
+
+def _show(plan: ResetPlan) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
     console = Console()
-    console.print(f"reset {group} on {topic} to {target.describe()}")
+    console.print(f"reset {plan.group} on {plan.topic} to {plan.target.describe()}")
     table = Table()
     for column in ("partition", "current committed", "target", "messages to reprocess"):
         table.add_column(column, justify="right")
@@ -464,13 +303,6 @@ def run_reset(settings: config.Settings, *, group: str, topic: str | None, targe
         table.add_row(str(p.partition), "-" if p.current is None else f"{p.current:,}",
                       f"{p.target:,}{note}", change)
     console.print(table)
-    if not execute:
-        console.print(f"{plan.reprocess:,} messages to reprocess; "
-                      "dry run: add --execute to apply")
-        return
-    apply_reset(bootstrap, plan)
-    console.print(f"moved {group} on {len(plan.partitions)} partitions of {topic}; "
-                  f"{plan.reprocess:,} messages to reprocess")
 
 
 # --- copy ----------------------------------------------------------------------------------
@@ -493,21 +325,17 @@ def copy_range(bootstrap: str, source: str, destination: str, since_ms: int,
     ``destination``; ``progress(done, total)`` is told how far the read got."""
     if until_ms is not None and until_ms <= since_ms:
         raise ConfigError("--until must be after --since")
-    admin = make_admin(bootstrap)
-    reader = offset_reader(bootstrap)
     report = CopyReport()
-    try:
-        offsets = Offsets(admin, reader, source)
-        partitions = offsets.partitions()
-        Offsets(admin, reader, destination).partitions()  # it must exist: never created here
-        bounds = offsets.bounds(partitions)
-        starts = offsets.for_times(since_ms, bounds)
-        stops = (offsets.for_times(until_ms, bounds) if until_ms is not None
+    with Cluster(bootstrap, "streamsight-replay-copy") as cluster:
+        partitions = cluster.partitions(source)
+        cluster.partitions(destination)  # it must exist: never created here
+        bounds = cluster.bounds(source, partitions)
+        starts = cluster.offsets_at(source, since_ms, bounds)
+        stops = (cluster.offsets_at(source, until_ms, bounds) if until_ms is not None
                  else {p: end for p, (_, end) in bounds.items()})
         report.ranges = {p: (starts[p], max(starts[p], stops[p])) for p in partitions}
-        _copy(bootstrap, reader, source, destination, since_ms, until_ms, key, report, progress)
-    finally:
-        reader.close()
+        _copy(bootstrap, cluster.reader, source, destination, since_ms, until_ms, key, report,
+              progress)
     return report
 
 
@@ -515,9 +343,8 @@ def _copy(bootstrap: str, reader: Consumer, source: str, destination: str, since
           until_ms: int | None, key: bytes | None, report: CopyReport,
           progress: Callable[[int, int], None] | None) -> None:
     producer = Producer({
-        "bootstrap.servers": bootstrap, "client.id": "streamsight-replay-copy",
-        "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-        "compression.type": "lz4", "log_level": 2,
+        **client_conf(bootstrap, "streamsight-replay-copy"),
+        "acks": "all", "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
     })
 
     def delivered(err: KafkaError | None, _msg: Message) -> None:

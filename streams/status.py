@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from streams import config, dlq, replay
-from streams.adapters.kafka import make_admin
+from streams import config, dlq
+from streams.adapters.kafka import Cluster
 from streams.adapters.lag import GroupLag, LagReader, agent_groups
 from streams.adapters.metrics import BREAKER_STATES
 from streams.errors import StreamsightError
@@ -50,20 +50,13 @@ class Status:
 
 
 def _topics(bootstrap: str) -> list[tuple[str, int, int]]:
-    """Name, partitions and messages of every topic, the ends read exactly (replay's
-    ``Offsets``: brokers such as Tansu report an end that trails)."""
-    admin = make_admin(bootstrap)
-    metadata = admin.list_topics(timeout=_TIMEOUT_S).topics
-    reader = replay.offset_reader(bootstrap)
-    try:
-        out = []
-        for name in sorted(n for n in metadata if not n.startswith("__")):
-            partitions = sorted(metadata[name].partitions)
-            bounds = replay.Offsets(admin, reader, name).bounds(partitions)
-            out.append((name, len(partitions), sum(end - low for low, end in bounds.values())))
-        return out
-    finally:
-        reader.close()
+    """Name, partitions and messages of every topic."""
+    with Cluster(bootstrap, "streamsight-status", timeout=_TIMEOUT_S) as cluster:
+        existing = {n: ps for n, ps in cluster.topics().items() if not n.startswith("__")}
+        wheres = [(n, p) for n, ps in existing.items() for p in ps]
+        lows, ends = cluster.lows(wheres), cluster.ends(wheres)
+        return [(name, len(ps), sum(ends[(name, p)] - lows[(name, p)] for p in ps))
+                for name, ps in sorted(existing.items())]
 
 
 def _worker(url: str) -> WorkerView:
@@ -117,7 +110,7 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
         problems.append(f"Kafka at {bootstrap}: {exc}")
     counts = None
     if dead_letters and topics:
-        counts = dlq.count(dlq.read(bootstrap, settings.topics.dead_letter, idle=1.0))
+        counts = dlq.count(dlq.read(bootstrap, settings.topics.dead_letter))
     statuses: dict[str, int] = {}
     latest: list[dict[str, Any]] = []
     try:
@@ -140,7 +133,8 @@ def render(status: Status, console: Console) -> None:
     for column in ("group", "topic", "state", "members", "lag (messages)", "oldest (s)"):
         lag.add_column(column)
     for group in status.lag:
-        lag.add_row(group.group, group.topic, group.state, str(group.members),
+        members = "?" if group.members is None else str(group.members)
+        lag.add_row(group.group, group.topic, group.state, members,
                     f"{group.messages:,}", f"{group.seconds:,.0f}")
     console.print(lag)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaException, Message, Producer
 
+from streams.adapters.kafka import client_conf
 from streams.core import control
 from streams.errors import StreamsightError
 
@@ -14,10 +15,8 @@ def request_seal(bootstrap: str, source: str, topic: str) -> Message:
     The request is a control message on the events topic, keyed by the source, so it
     lands on the partition of the source's events and is handled in order with them.
     Returns the delivered message (its partition and offset)."""
-    # librdkafka's own connection logs would bury the one-line error this gives instead.
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all",
-                         "enable.idempotence": True, "message.timeout.ms": 15_000,
-                         "log_level": 0})
+    producer = Producer({**client_conf(bootstrap, "streamsight-trigger"), "acks": "all",
+                         "enable.idempotence": True, "message.timeout.ms": 15_000})
     delivered: list[Message] = []
     failed: list[str] = []
 

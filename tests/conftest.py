@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # at once (each brings JVMs of its own on a two-core machine).
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
-        if ("kafka" in (params.get("fresh_broker"), params.get("broker"))
+        if ("kafka" in (params.get("fresh_broker"), params.get("shared_broker"))
                 or "cluster" in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.on_kafka)
 

@@ -21,14 +21,10 @@ What ``auto`` picks (measured with bench/rebalance.py on Apache Kafka 4.4 and Ta
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
-from aiokafka.protocol.admin import ApiVersionRequest
-
-from streams.errors import ConfigError, RetryableError
+from streams.adapters.kafka import api_keys
+from streams.errors import ConfigError
 
 #: ConsumerGroupHeartbeat, the request of the new protocol.
 _CONSUMER_GROUP_HEARTBEAT = 68
@@ -36,20 +32,7 @@ _CONSUMER_GROUP_HEARTBEAT = 68
 
 async def broker_has_consumer_protocol(bootstrap: str) -> bool:
     """Whether the broker answers ConsumerGroupHeartbeat (from its ApiVersions)."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="streamsight-probe")
-    # aiokafka logs each refused connection; the one-line error below says it all.
-    quiet = logging.getLogger("aiokafka")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
-        await client.bootstrap()
-        response = await client.send(client.get_random_node(), ApiVersionRequest())
-    except KafkaError:
-        raise RetryableError(f"Kafka at {bootstrap}: not reachable") from None
-    finally:
-        quiet.setLevel(level)
-        await client.close()
-    return any(key == _CONSUMER_GROUP_HEARTBEAT for key, _low, _high in response.api_versions)
+    return _CONSUMER_GROUP_HEARTBEAT in await api_keys(bootstrap)
 
 
 async def resolve(setting: str, bootstrap: str, static: bool = False) -> str:

@@ -1,256 +1,99 @@
-"""Kafka through confluent-kafka: topics.yaml, the topic plan and its application.
+"""Kafka through confluent-kafka: the clients we build, and what a cluster says about its
+topics and groups, read rather than believed where a broker is known to answer wrong.
 
-``load_topics`` validates the file strictly and names file, line and field in one line;
-``plan_topics`` compares it with the cluster; ``apply_plan`` creates what is missing and,
-only when asked, adds partitions. Nothing here deletes or lowers anything.
+Every command and the lag readers ask a ``Cluster``; nothing else works around a broker.
+What brokers answer, measured on Apache Kafka 4.4 and Tansu (tests/integration/
+test_cluster.py checks each on both, so a Tansu that fixes one fails its test):
+
+- End offset (ListOffsets latest, the high watermark). Kafka: exact. Tansu: the base
+  offset of the last produce batch + 1, trailing by up to a batch. On Tansu the
+  ``Cluster`` reads from there to the end of the log.
+- Offset of a point in time (ListOffsets by timestamp). Kafka: exact. Tansu: 0 for any
+  time. On Tansu the ``Cluster`` searches message timestamps (binary search).
+- Group members (DescribeGroups). Kafka: exact. Tansu: 0 for a group in use (its state,
+  ``stable``, is right). On Tansu members are unknown (None) and a group's idleness goes
+  by its state.
+
+Two more Tansu quirks are handled where they bite, not here: a new group's join waits
+about half the session timeout (tests and the demo use a short one) and a cooperative
+rebalance never hands revoked partitions on (``group_protocol`` picks range there).
+
+Which answers a broker gets believed for is decided from its ApiVersions: a broker
+without OffsetForLeaderEpoch (API 23) keeps no leader epochs and so no Kafka-style log
+with a high watermark and time index. Apache Kafka (since 0.11), and the brokers that
+replicate a log the way it does, answer it; Tansu, which keeps messages in memory or in
+a database, does not.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
+import asyncio
+import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-import yaml
-from confluent_kafka import KafkaError, KafkaException
-
-# Public names of confluent_kafka.admin that its package re-exports without __all__.
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
-    AdminClient,
-    ConfigResource,
-    NewPartitions,
-    NewTopic,
-    ResourceType,
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.protocol.admin import ApiVersionRequest
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
 )
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from streams.errors import ConfigError, PermanentError, RetryableError, StreamsightError
+from streams.errors import PermanentError, RetryableError, StreamsightError
 
 ADMIN_TIMEOUT = 15.0
 
-# Kafka's own rule for topic names (kafka.common.internals.Topic).
-_MAX_TOPIC_NAME = 249
-_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
-_CONFIG_NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
-_CLEANUP_POLICIES = {"delete", "compact", "compact,delete"}
-_REQUIRED_CONFIGS = ("retention.ms", "cleanup.policy")
-_TOPIC_FIELDS = {"name", "partitions", "replication_factor", "configs"}
+#: OffsetForLeaderEpoch: answered by brokers that keep a replicated log with leader epochs.
+_OFFSET_FOR_LEADER_EPOCH = 23
+_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+
+#: (topic, partition)
+Where = tuple[str, int]
 
 
-# --- topics.yaml --------------------------------------------------------------------------
+# --- clients ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    replication_factor: int
-    configs: dict[str, str] = field(default_factory=dict)
-    line: int = 0
-
-    def new_topic(self) -> NewTopic:
-        return NewTopic(
-            self.name,
-            num_partitions=self.partitions,
-            replication_factor=self.replication_factor,
-            config=dict(self.configs),
-        )
-
-
-class _Loader:
-    """Walks the composed YAML node tree so that every error can name its line."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.yaml = yaml.SafeLoader(text)
-
-    def fail(self, node: yaml.Node | None, message: str, line: int | None = None) -> ConfigError:
-        if line is None:
-            line = node.start_mark.line + 1 if node is not None else 1
-        return ConfigError(f"{self.path}:{line}: {message}")
-
-    def value(self, node: yaml.Node) -> Any:
-        return self.yaml.construct_object(node, deep=True)
-
-    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, f"{what} must be a mapping")
-        items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key_node, value_node in node.value:
-            key = self.value(key_node) if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str):
-                raise self.fail(key_node, f"{what} keys must be strings")
-            if key in items:
-                raise self.fail(key_node, f"duplicate key '{key}' in {what}")
-            items[key] = (key_node, value_node)
-        return items
-
-    def load(self) -> list[TopicSpec]:
-        try:
-            root = self.yaml.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else 1
-            problem = exc.problem or exc.context or "cannot parse"
-            raise self.fail(None, f"invalid YAML: {problem}", line=line) from None
-        except yaml.YAMLError as exc:
-            raise self.fail(None, f"invalid YAML: {exc}") from None
-        finally:
-            self.yaml.dispose()
-        if root is None:
-            raise self.fail(None, "empty file; expected a 'topics' list")
-        top = self.mapping(root, "the file")
-        for key, (key_node, _) in top.items():
-            if key != "topics":
-                raise self.fail(key_node, f"unknown key '{key}' (expected 'topics')")
-        if "topics" not in top:
-            raise self.fail(root, "missing 'topics' list")
-        topics_node = top["topics"][1]
-        if not isinstance(topics_node, yaml.SequenceNode) or not topics_node.value:
-            raise self.fail(topics_node, "topics must be a non-empty list")
-        specs: list[TopicSpec] = []
-        seen: dict[str, int] = {}
-        for item in topics_node.value:
-            spec = self.topic(item)
-            if spec.name in seen:
-                raise self.fail(
-                    item,
-                    f"duplicate topic '{spec.name}' (first declared on line {seen[spec.name]})",
-                )
-            seen[spec.name] = spec.line
-            specs.append(spec)
-        return specs
-
-    def topic(self, node: yaml.Node) -> TopicSpec:
-        fields = self.mapping(node, "a topic")
-        if "name" not in fields:
-            raise self.fail(node, "topic without 'name'")
-        name_node = fields["name"][1]
-        name = self.value(name_node) if isinstance(name_node, yaml.ScalarNode) else None
-        if not isinstance(name, str) or not _TOPIC_NAME.match(name) or name in {".", ".."}:
-            raise self.fail(
-                name_node, "name must be 1-249 characters of letters, digits, '.', '_' or '-'"
-            )
-        which = f"(topic '{name}')"
-        for key, (key_node, _) in fields.items():
-            if key not in _TOPIC_FIELDS:
-                allowed = ", ".join(sorted(_TOPIC_FIELDS))
-                raise self.fail(key_node, f"unknown field '{key}' {which}; allowed: {allowed}")
-        for required in ("partitions", "replication_factor", "configs"):
-            if required not in fields:
-                raise self.fail(node, f"missing field '{required}' {which}")
-        partitions = self.positive_int(fields["partitions"][1], "partitions", which)
-        replication = self.positive_int(
-            fields["replication_factor"][1], "replication_factor", which
-        )
-        configs = self.configs(fields["configs"][1], which)
-        return TopicSpec(
-            name=name,
-            partitions=partitions,
-            replication_factor=replication,
-            configs=configs,
-            line=node.start_mark.line + 1,
-        )
-
-    def positive_int(self, node: yaml.Node, name: str, which: str) -> int:
-        value = self.value(node) if isinstance(node, yaml.ScalarNode) else None
-        # bool is an int in Python; `partitions: yes` is a mistake, not 1.
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise self.fail(node, f"{name} must be a positive integer {which}")
-        return value
-
-    def configs(self, node: yaml.Node, which: str) -> dict[str, str]:
-        entries = self.mapping(node, f"configs {which}")
-        configs: dict[str, str] = {}
-        for key, (key_node, value_node) in entries.items():
-            if not _CONFIG_NAME.match(key):
-                raise self.fail(key_node, f"'{key}' is not a Kafka config name {which}")
-            value = self.value(value_node) if isinstance(value_node, yaml.ScalarNode) else None
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, str | int | float):
-                text = str(value)
-            else:
-                raise self.fail(value_node, f"{key} must be a scalar value {which}")
-            if key == "retention.ms" and not _is_int(text, minimum=-1):
-                raise self.fail(value_node, f"retention.ms must be an integer >= -1 {which}")
-            if key == "cleanup.policy":
-                text = _normalize_policy(text)
-                if text not in _CLEANUP_POLICIES:
-                    raise self.fail(
-                        value_node, f"cleanup.policy must be delete, compact or both {which}"
-                    )
-            if key == "max.message.bytes" and not _is_int(text, minimum=1):
-                raise self.fail(value_node, f"max.message.bytes must be a positive integer {which}")
-            configs[key] = text
-        for required in _REQUIRED_CONFIGS:
-            if required not in configs:
-                raise self.fail(node, f"configs must set {required} {which}")
-        return configs
-
-
-def _is_int(text: str, minimum: int) -> bool:
-    try:
-        return int(text) >= minimum
-    except ValueError:
-        return False
-
-
-def _normalize_policy(text: str) -> str:
-    return ",".join(sorted(part.strip() for part in text.split(",") if part.strip()))
-
-
-def faust_leader_topic(app_id: str, declared: list[TopicSpec]) -> TopicSpec:
-    """The topic Faust's leader assignor subscribes every worker to. Workers never create
-    topics (production brokers do not auto-create them), so ``topics apply`` does, with
-    the replication the declared topics use."""
-    replication = max((spec.replication_factor for spec in declared), default=1)
-    return TopicSpec(f"{app_id}-__assignor-__leader", 1, replication,
-                     {"cleanup.policy": "delete", "retention.ms": "86400000"})
-
-
-def load_topics(path: Path | str, prefix: str = "") -> list[TopicSpec]:
-    """Read and validate a topics file, each name behind ``prefix`` (TOPIC_PREFIX);
-    ConfigError names file, line and field in one line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}") from None
-    specs = _Loader(path, text).load()
-    too_long = [s.name for s in specs if len(prefix + s.name) > _MAX_TOPIC_NAME]
-    if too_long:
-        raise ConfigError(f"TOPIC_PREFIX {prefix!r} makes {too_long[0]!r} longer than "
-                          f"{_MAX_TOPIC_NAME} characters")
-    return [dataclasses.replace(s, name=prefix + s.name) for s in specs]
-
-
-# --- admin client -------------------------------------------------------------------------
+def client_conf(bootstrap: str, client_id: str = "streamsight") -> dict[str, Any]:
+    """Settings every client of ours starts from."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        # Failures reach the caller as one StreamsightError; librdkafka's own lines about
+        # connection attempts (level 3) would only repeat it.
+        "log_level": 2,
+        "logger": logging.getLogger("librdkafka"),
+    }
 
 
 def make_admin(bootstrap: str, **overrides: Any) -> AdminClient:
     """An AdminClient for ``bootstrap``; ``overrides`` are librdkafka settings."""
-    conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
-        "client.id": "streamsight-admin",
-        # Connection errors reach the caller as one StreamsightError; librdkafka's own
-        # lines about them (level 3) would only repeat it.
-        "log_level": 2,
-        "logger": _rdkafka_logger(),
-    }
-    conf.update(overrides)
-    return AdminClient(conf)
+    return AdminClient({**client_conf(bootstrap, "streamsight-admin"), **overrides})
 
 
-def _rdkafka_logger() -> Any:
-    import logging
-
-    return logging.getLogger("librdkafka")
+def make_reader(bootstrap: str, client_id: str) -> Consumer:
+    """A consumer that is assigned partitions, never subscribed, and never commits: it
+    joins no group and moves no offset (librdkafka needs a group.id all the same)."""
+    return Consumer({
+        **client_conf(bootstrap, client_id),
+        "group.id": client_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        # Probes move from offset to offset: a fetch held open at the end would delay each.
+        "fetch.wait.max.ms": 10,
+    })
 
 
 def kafka_error(exc: BaseException, doing: str) -> StreamsightError:
@@ -275,239 +118,258 @@ def kafka_error(exc: BaseException, doing: str) -> StreamsightError:
     return RetryableError(f"{doing}: {exc}")
 
 
-def _cluster_topics(admin: AdminClient, timeout: float) -> dict[str, tuple[int, int]]:
-    """Existing topics: name -> (partitions, replication factor)."""
+# --- what the broker is -------------------------------------------------------------------
+
+
+async def api_keys(bootstrap: str) -> frozenset[int]:
+    """The requests the broker answers (its ApiVersions)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="streamsight-probe")
+    # aiokafka logs each refused connection; the one-line error below says it all.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise kafka_error(exc, "cannot read cluster metadata") from None
-    topics: dict[str, tuple[int, int]] = {}
-    for name, topic in metadata.topics.items():
-        if topic.error is not None and topic.error.code() != KafkaError.NO_ERROR:
-            continue
-        replication = max((len(p.replicas) for p in topic.partitions.values()), default=0)
-        topics[name] = (len(topic.partitions), replication)
-    return topics
-
-
-# --- plan ---------------------------------------------------------------------------------
+        await client.bootstrap()
+        response = await client.send(client.get_random_node(), ApiVersionRequest())
+    except AIOKafkaError:
+        raise RetryableError(f"Kafka at {bootstrap}: not reachable") from None
+    finally:
+        quiet.setLevel(level)
+        await client.close()
+    return frozenset(key for key, _low, _high in response.api_versions)
 
 
 @dataclass(frozen=True)
-class ConfigDiff:
-    key: str
-    wanted: str
-    actual: str | None  # None: the broker does not report the setting for this topic
+class Quirks:
+    """Which of the broker's answers are read rather than believed."""
+
+    ends_trail: bool = False
+    times_unlisted: bool = False
+    members_unreported: bool = False
+
+    @classmethod
+    def of(cls, keys: frozenset[int]) -> Quirks:
+        if _OFFSET_FOR_LEADER_EPOCH in keys:
+            return cls()
+        return cls(ends_trail=True, times_unlisted=True, members_unreported=True)
 
 
-@dataclass(frozen=True)
-class TopicState:
-    """One topic of the plan: what topics.yaml asks for next to what the cluster has."""
+def quirks(bootstrap: str) -> Quirks:
+    """The broker's quirks; callable from inside an event loop too."""
+    with ThreadPoolExecutor(1) as pool:
+        return Quirks.of(pool.submit(asyncio.run, api_keys(bootstrap)).result())
 
-    spec: TopicSpec
-    exists: bool
-    partitions: int | None = None
-    replication_factor: int | None = None
-    config_diffs: tuple[ConfigDiff, ...] = ()
 
-    @property
-    def action(self) -> Literal["create", "ok", "differs"]:
-        if not self.exists:
-            return "create"
-        if self.partitions_to_add or self.partition_decrease or self.replication_differs:
-            return "differs"
-        return "differs" if self.config_diffs else "ok"
+# --- what the cluster says ----------------------------------------------------------------
 
-    @property
-    def partitions_to_add(self) -> int:
-        if self.partitions is None:
-            return 0
-        return max(0, self.spec.partitions - self.partitions)
 
-    @property
-    def partition_decrease(self) -> bool:
-        return self.partitions is not None and self.partitions > self.spec.partitions
+@dataclass(frozen=True, slots=True)
+class Group:
+    state: str  # stable, empty, dead, preparing_rebalance, ...
+    #: None where the broker does not report members.
+    members: int | None
 
     @property
-    def replication_differs(self) -> bool:
-        return (
-            self.replication_factor is not None
-            and self.replication_factor != self.spec.replication_factor
-        )
-
-    def details(self) -> list[str]:
-        """Human-readable differences, one per line; empty when nothing differs."""
-        spec = self.spec
-        if not self.exists:
-            configs = ", ".join(f"{k}={v}" for k, v in spec.configs.items())
-            return [
-                f"partitions={spec.partitions} replication_factor={spec.replication_factor}",
-                configs,
-            ]
-        lines: list[str] = []
-        if self.partitions_to_add:
-            lines.append(
-                f"partitions {self.partitions} -> {spec.partitions} (raise with --raise-partitions)"
-            )
-        if self.partition_decrease:
-            lines.append(
-                f"partitions {self.partitions} > {spec.partitions} wanted: "
-                "impossible, Kafka cannot remove partitions"
-            )
-        if self.replication_differs:
-            lines.append(
-                f"replication_factor {self.replication_factor}, wanted "
-                f"{spec.replication_factor} (reassign partitions to change it)"
-            )
-        for diff in self.config_diffs:
-            actual = "not set" if diff.actual is None else diff.actual
-            lines.append(f"{diff.key}: {actual}, wanted {diff.wanted}")
-        return lines
+    def idle(self) -> bool:
+        """Nobody consumes: the state says so, and so does the member count if known."""
+        return self.state in ("empty", "dead") and not self.members
 
 
-@dataclass(frozen=True)
-class TopicPlan:
-    topics: tuple[TopicState, ...]
+class Cluster:
+    """Topics' offsets and groups' states, exact on every broker; ``close()`` when done."""
+
+    def __init__(self, bootstrap: str, client_id: str = "streamsight",
+                 timeout: float = ADMIN_TIMEOUT, known: Quirks | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self.admin = make_admin(bootstrap, **{"client.id": client_id})
+        self._client_id = client_id
+        self._reader: Consumer | None = None
+        self._quirks = known
 
     @property
-    def to_create(self) -> list[TopicState]:
-        return [t for t in self.topics if t.action == "create"]
+    def quirks(self) -> Quirks:
+        if self._quirks is None:
+            self._quirks = quirks(self.bootstrap)
+        return self._quirks
 
     @property
-    def to_raise(self) -> list[TopicState]:
-        return [t for t in self.topics if t.partitions_to_add]
+    def reader(self) -> Consumer:
+        if self._reader is None:
+            self._reader = make_reader(self.bootstrap, f"{self._client_id}-reader")
+        return self._reader
 
-    @property
-    def differing(self) -> list[TopicState]:
-        return [t for t in self.topics if t.action == "differs"]
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
-    @property
-    def up_to_date(self) -> bool:
-        return all(t.action == "ok" for t in self.topics)
+    def __enter__(self) -> Cluster:
+        return self
 
-    def state(self, name: str) -> TopicState:
-        for topic in self.topics:
-            if topic.spec.name == name:
-                return topic
-        raise KeyError(name)
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
+    # -- topics
 
-def _describe_configs(
-    admin: AdminClient, names: Iterable[str], timeout: float
-) -> dict[str, dict[str, str]]:
-    resources = [ConfigResource(ResourceType.TOPIC, name) for name in names]
-    if not resources:
-        return {}
-    futures = admin.describe_configs(resources, request_timeout=timeout)
-    found: dict[str, dict[str, str]] = {}
-    for resource, future in futures.items():
+    def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions; PermanentError when it does not exist."""
+        found = self.topics().get(topic)
+        if found is None:
+            raise PermanentError(f"topic {topic!r} does not exist")
+        return found
+
+    def topics(self) -> dict[str, list[int]]:
+        """Every topic with partitions (internal ones included)."""
         try:
-            entries = future.result()
+            # All topics: a request naming one may create it (auto-create).
+            metadata = self.admin.list_topics(timeout=self.timeout)
         except KafkaException as exc:
-            raise kafka_error(exc, f"cannot describe topic '{resource.name}'") from None
-        found[resource.name] = {
-            key: entry.value for key, entry in entries.items() if entry.value is not None
-        }
-    return found
+            raise kafka_error(exc, "reading the cluster's topics") from exc
+        return {name: sorted(t.partitions) for name, t in metadata.topics.items()
+                if t.error is None and t.partitions}
 
+    def _list(self, wheres: Iterable[Where], spec: Any) -> dict[Where, tuple[int, int]]:
+        """(offset, timestamp) per partition from ListOffsets."""
+        tps = [TopicPartition(t, p) for t, p in wheres]
+        if not tps:
+            return {}
+        try:
+            futures = self.admin.list_offsets({tp: spec for tp in tps},
+                                              request_timeout=self.timeout)
+            return {(tp.topic, tp.partition): (f.result().offset, f.result().timestamp)
+                    for tp, f in futures.items()}
+        except KafkaException as exc:
+            raise kafka_error(exc, "listing offsets") from exc
 
-def _same(key: str, wanted: str, actual: str) -> bool:
-    if key == "cleanup.policy":
-        return _normalize_policy(wanted) == _normalize_policy(actual)
-    return wanted.strip().lower() == actual.strip().lower()
+    def lows(self, wheres: Iterable[Where]) -> dict[Where, int]:
+        return {w: o for w, (o, _) in self._list(wheres, _EARLIEST).items()}
 
+    def ends(self, wheres: Iterable[Where]) -> dict[Where, int]:
+        """The offset the next message will get, per partition."""
+        wheres = list(wheres)
+        reported = {w: o for w, (o, _) in self._list(wheres, _LATEST).items()}
+        if not self.quirks.ends_trail:
+            return reported
+        # From just before the reported end, one fetch returns the last produce batch
+        # whole: its end is the log's.
+        lows = self.lows(wheres)
+        return self._read_to_end({w: max(lows[w], reported[w] - 1) for w in wheres})
 
-def plan_topics(
-    admin: AdminClient, specs: Iterable[TopicSpec], timeout: float = ADMIN_TIMEOUT
-) -> TopicPlan:
-    """Compare ``specs`` with the cluster; reads only."""
-    specs = list(specs)
-    existing = _cluster_topics(admin, timeout)
-    configs = _describe_configs(admin, [s.name for s in specs if s.name in existing], timeout)
-    states: list[TopicState] = []
-    for spec in specs:
-        if spec.name not in existing:
-            states.append(TopicState(spec=spec, exists=False))
-            continue
-        partitions, replication = existing[spec.name]
-        actual = configs.get(spec.name, {})
-        diffs = tuple(
-            ConfigDiff(key, wanted, actual.get(key))
-            for key, wanted in spec.configs.items()
-            if key not in actual or not _same(key, wanted, actual[key])
-        )
-        states.append(
-            TopicState(
-                spec=spec,
-                exists=True,
-                partitions=partitions,
-                replication_factor=replication,
-                config_diffs=diffs,
-            )
-        )
-    return TopicPlan(tuple(states))
+    def bounds(self, topic: str, partitions: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """(low, end) per partition of ``topic``."""
+        wheres = [(topic, p) for p in partitions]
+        lows, ends = self.lows(wheres), self.ends(wheres)
+        return {p: (lows[(topic, p)], ends[(topic, p)]) for p in partitions}
 
+    def _read_to_end(self, starts: Mapping[Where, int]) -> dict[Where, int]:
+        reader = self.reader
+        reader.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        ends: dict[Where, int] = {}
+        deadline = time.monotonic() + self.timeout * 2
+        try:
+            while len(ends) < len(starts):
+                if time.monotonic() > deadline:
+                    missing = sorted(set(starts) - set(ends))
+                    raise PermanentError(f"reading the end of {missing} timed out")
+                for message in reader.consume(10_000, 0.1):
+                    error = message.error()
+                    if error is None:
+                        continue
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        where: Where = (message.topic(), message.partition())  # type: ignore[assignment]
+                        ends[where] = message.offset()  # type: ignore[assignment]
+                    elif error.fatal() or not error.retriable():
+                        raise kafka_error(KafkaException(error), "reading to the end")
+        finally:
+            reader.unassign()
+        return ends
 
-# --- apply --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    created: list[str]
-    raised: list[str]
-    already_existed: list[str]
-
-
-def apply_plan(
-    admin: AdminClient,
-    plan: TopicPlan,
-    raise_partitions: bool = False,
-    timeout: float = ADMIN_TIMEOUT,
-) -> ApplyResult:
-    """Create missing topics with their configs; add partitions only if ``raise_partitions``.
-
-    Idempotent: a topic that another process created meanwhile counts as already there.
-    Config and replication differences are reported by the plan and left alone.
-    """
-    created: list[str] = []
-    already: list[str] = []
-    new_topics = [t.spec.new_topic() for t in plan.to_create]
-    if new_topics:
-        futures = admin.create_topics(new_topics, request_timeout=timeout)
-        for name, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    already.append(name)
+    def first_at_or_after(self, topic: str, partition: int, offset: int, end: int,
+                          ) -> tuple[int, int] | None:
+        """(offset, timestamp ms) of the first message at or after ``offset`` and before
+        ``end``, or None."""
+        if offset >= end:
+            return None
+        reader = self.reader
+        reader.assign([TopicPartition(topic, partition, offset)])
+        deadline = time.monotonic() + self.timeout
+        try:
+            while time.monotonic() < deadline:
+                message = reader.poll(0.5)
+                if message is None:
                     continue
-                raise kafka_error(exc, f"cannot create topic '{name}'") from None
-            created.append(name)
-        _wait_for_topics(admin, created, timeout)
+                error = message.error()
+                if error is None:
+                    at: int = message.offset()  # type: ignore[assignment]
+                    return (at, message.timestamp()[1]) if at < end else None
+                if error.code() == KafkaError._PARTITION_EOF:
+                    return None
+                if error.fatal() or not error.retriable():
+                    raise kafka_error(KafkaException(error), f"reading {topic}")
+        finally:
+            reader.unassign()
+        raise PermanentError(f"reading {topic}/{partition} at offset {offset} timed out")
 
-    raised: list[str] = []
-    if raise_partitions and plan.to_raise:
-        requests = [NewPartitions(t.spec.name, t.spec.partitions) for t in plan.to_raise]
-        futures = admin.create_partitions(requests, request_timeout=timeout)
-        for name, future in futures.items():
-            try:
-                future.result()
-            except KafkaException as exc:
-                raise kafka_error(exc, f"cannot add partitions to '{name}'") from None
-            raised.append(name)
-    return ApplyResult(created=created, raised=raised, already_existed=already)
+    def offsets_at(self, topic: str, ms: int, bounds: Mapping[int, tuple[int, int]],
+                   ) -> dict[int, int]:
+        """Per partition, the offset of the first message stamped at or after ``ms``
+        within ``bounds`` (the end when there is none)."""
+        if self.quirks.times_unlisted:
+            return {p: self._search(topic, p, ms, low, end) for p, (low, end) in bounds.items()}
+        answers = self._list([(topic, p) for p in bounds], OffsetSpec.for_timestamp(ms))
+        out = {}
+        for partition, (low, end) in bounds.items():
+            offset = answers[(topic, partition)][0]
+            # -1: no message that late; a later answer counts messages after the bounds.
+            out[partition] = end if offset < 0 else min(max(offset, low), end)
+        return out
 
+    def _search(self, topic: str, partition: int, ms: int, low: int, end: int) -> int:
+        """Binary search over message timestamps in [low, end); assumes they do not go
+        backwards within a partition (producers stamping the current time, or
+        LogAppendTime)."""
+        lo, hi = low, end
+        while lo < hi:
+            mid = (lo + hi) // 2
+            found = self.first_at_or_after(topic, partition, mid, end)
+            if found is None or found[1] >= ms:
+                hi = mid
+            else:
+                lo = found[0] + 1
+        return lo
 
-def _wait_for_topics(admin: AdminClient, names: list[str], timeout: float) -> None:
-    # CreateTopics returns before every broker's metadata has the topic; a producer or a
-    # second plan right after would otherwise see it missing.
-    deadline = time.monotonic() + timeout
-    pending = set(names)
-    while pending:
-        pending -= set(_cluster_topics(admin, timeout))
-        if not pending:
-            return
-        if time.monotonic() > deadline:
-            raise RetryableError(f"created topics not visible yet: {', '.join(sorted(pending))}")
-        time.sleep(0.1)
+    # -- groups
+
+    def groups(self, names: Iterable[str]) -> dict[str, Group]:
+        names = list(names)
+        if not names:
+            return {}
+        try:
+            described = self.admin.describe_consumer_groups(names, request_timeout=self.timeout)
+            out = {}
+            for name in names:
+                description = described[name].result()
+                state = str(getattr(description.state, "name", description.state)).lower()
+                members = None if self.quirks.members_unreported else len(description.members)
+                out[name] = Group(state, members)
+            return out
+        except KafkaException as exc:
+            raise kafka_error(exc, f"describing consumer groups {', '.join(names)}") from exc
+
+    def group(self, name: str) -> Group:
+        return self.groups([name])[name]
+
+    def committed(self, group: str, topic: str, partitions: Sequence[int],
+                  ) -> dict[int, int | None]:
+        """The group's committed offset per partition, None where it never committed."""
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p)
+                                                       for p in partitions])
+        try:
+            result = self.admin.list_consumer_group_offsets(
+                [request], request_timeout=self.timeout)[group].result()
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading the offsets of consumer group {group}") from exc
+        found = {tp.partition: tp.offset for tp in result.topic_partitions}
+        return {p: (found[p] if found.get(p, OFFSET_INVALID) >= 0 else None)
+                for p in partitions}

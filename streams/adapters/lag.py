@@ -2,7 +2,9 @@
 
 Per consumer group, topic and partition: offset lag (the high watermark minus the
 committed offset) and time lag (how old the first message not yet committed is), plus
-the group's state and member count, all from Kafka's admin API. A worker that reported
+the group's state and member count, all from Kafka's admin API (through the Kafka
+adapter's ``Cluster``, which reads the exact end of each partition where a broker's
+watermark trails). A worker that reported
 its own lag would go silent exactly when lag matters most; this runs in every worker and
 in ``streamsight lag-exporter``, a process of its own that needs no worker.
 """
@@ -10,29 +12,23 @@ in ``streamsight lag-exporter``, a process of its own that needs no worker.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
-from confluent_kafka import (
-    OFFSET_INVALID,
-    ConsumerGroupTopicPartitions,
-    KafkaException,
-    TopicPartition,
-)
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from streams.adapters.kafka import Cluster
+from streams.errors import StreamsightError
 
 log = structlog.get_logger(__name__)
 
 #: Longest wait for the broker's answers in one reading.
 TIMEOUT_S = 10.0
-
-_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-_EARLIEST = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +49,8 @@ class GroupLag:
     group: str
     topic: str
     state: str
-    members: int
+    #: None where the broker does not report members (Tansu).
+    members: int | None
     partitions: tuple[PartitionLag, ...]
 
     @property
@@ -67,7 +64,8 @@ class GroupLag:
 
 class Reader(Protocol):
     def read(self) -> list[GroupLag]:
-        """One reading of every group; raises KafkaException when it fails."""
+        """One reading of every group; raises KafkaException or StreamsightError when it
+        fails."""
         ...
 
 
@@ -77,8 +75,7 @@ class LagReader:
     def __init__(self, bootstrap_servers: str, groups: Mapping[str, str], client_id: str,
                  ) -> None:
         self.groups = dict(groups)
-        self._admin = AdminClient({"bootstrap.servers": bootstrap_servers,
-                                   "client.id": client_id})
+        self._cluster = Cluster(bootstrap_servers, client_id, timeout=TIMEOUT_S)
         # Reads single messages for their timestamps: assigned, never subscribed, never
         # commits, so it joins no group and moves no offset.
         self._reader = KafkaConsumer({
@@ -91,21 +88,21 @@ class LagReader:
 
     def close(self) -> None:
         self._reader.close()
+        self._cluster.close()
 
     def read(self, now: float | None = None) -> list[GroupLag]:
-        """One reading of every group; raises KafkaException when the broker fails."""
+        """One reading of every group; raises KafkaException or StreamsightError when the
+        broker fails."""
         now = time.time() if now is None else now
-        topics = sorted(set(self.groups.values()))
-        metadata = self._admin.list_topics(timeout=TIMEOUT_S).topics
-        partitions = {t: sorted(metadata[t].partitions) for t in topics if t in metadata}
-        tps = [TopicPartition(t, p) for t, ps in partitions.items() for p in ps]
-        highs = self._offsets(tps, _LATEST)
-        lows = self._offsets(tps, _EARLIEST)
-        described = self._admin.describe_consumer_groups(
-            list(self.groups), request_timeout=TIMEOUT_S)
+        cluster = self._cluster
+        existing = cluster.topics()
+        partitions = {t: existing[t] for t in sorted(set(self.groups.values())) if t in existing}
+        wheres = [(t, p) for t, ps in partitions.items() for p in ps]
+        highs, lows = cluster.ends(wheres), cluster.lows(wheres)
+        described = cluster.groups(self.groups)
         positions: dict[tuple[str, str, int], tuple[int | None, int]] = {}
         for group, topic in self.groups.items():
-            committed = committed_offsets(self._admin, group, topic, partitions.get(topic, []))
+            committed = cluster.committed(group, topic, partitions.get(topic, []))
             for partition, offset in committed.items():
                 start = offset if offset is not None else lows[(topic, partition)]
                 positions[(group, topic, partition)] = (offset, start)
@@ -116,29 +113,19 @@ class LagReader:
 
         out = []
         for group, topic in self.groups.items():
-            description = described[group].result()
             rows = []
             for partition in partitions.get(topic, []):
                 own, start = positions[(group, topic, partition)]
                 high = highs[(topic, partition)]
-                # A high watermark below the position is a broker answering late (or
-                # Tansu's, which trails by up to a batch): no lag, not a negative one.
+                # A high watermark below the position is a broker answering late: no lag,
+                # not a negative one.
                 behind = max(0, high - start)
                 stamp = stamps.get((topic, partition, start)) if behind else None
                 rows.append(PartitionLag(group, topic, partition, own, high, behind,
                                          max(0.0, now - stamp) if stamp else 0.0))
-            out.append(GroupLag(group, topic, state_name(description),
-                                len(description.members), tuple(rows)))
+            found = described[group]
+            out.append(GroupLag(group, topic, found.state, found.members, tuple(rows)))
         return out
-
-    def _offsets(self, tps: list[TopicPartition], spec: OffsetSpec,
-                 ) -> dict[tuple[str, int], int]:
-        if not tps:
-            return {}
-        futures = self._admin.list_offsets({tp: spec for tp in tps},
-                                           request_timeout=TIMEOUT_S)
-        return {(tp.topic, tp.partition): future.result().offset
-                for tp, future in futures.items()}
 
     def _timestamps(self, wanted: set[tuple[str, int, int]]) -> dict[tuple[str, int, int], float]:
         """Timestamps (epoch seconds) of the messages at the given offsets."""
@@ -161,22 +148,6 @@ class LagReader:
         # Old offsets are never asked for again once a group has moved past them.
         self._stamps = {k: v for k, v in self._stamps.items() if k in wanted}
         return dict(self._stamps)
-
-
-def state_name(description: Any) -> str:
-    """A consumer group description's state as a lower-case word (stable, empty, ...)."""
-    return str(getattr(description.state, "name", description.state)).lower()
-
-
-def committed_offsets(admin: AdminClient, group: str, topic: str, partitions: Sequence[int],
-                      ) -> dict[int, int | None]:
-    """The group's committed offset per partition, None where it never committed; raises
-    KafkaException when the broker fails."""
-    request = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, p) for p in partitions])
-    result = admin.list_consumer_group_offsets([request],
-                                               request_timeout=TIMEOUT_S)[group].result()
-    found = {tp.partition: tp.offset for tp in result.topic_partitions}
-    return {p: (found[p] if found.get(p, OFFSET_INVALID) >= 0 else None) for p in partitions}
 
 
 class LagCollector(Collector):
@@ -212,7 +183,8 @@ class LagCollector(Collector):
             "1 for the consumer group's current state (stable, empty, preparing_rebalance, ...).",
             labels=["group", "state"])
         for group in self.latest:
-            members.add_metric([group.group], group.members)
+            if group.members is not None:
+                members.add_metric([group.group], group.members)
             state.add_metric([group.group, group.state], 1)
             for p in group.partitions:
                 labels = [p.group, p.topic, str(p.partition)]
@@ -232,7 +204,7 @@ class LagCollector(Collector):
         """Take a reading; a failed one keeps the previous values and counts."""
         try:
             groups = reader.read()
-        except KafkaException as exc:
+        except (KafkaException, StreamsightError) as exc:
             self.failed(str(exc))
             return
         self.update(groups, time.time())

@@ -25,14 +25,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streams import replay
-from streams.adapters.kafka import (
-    apply_plan,
-    faust_leader_topic,
-    load_topics,
-    make_admin,
-    plan_topics,
-)
+from streams.adapters.kafka import Cluster, make_admin
+from streams.adapters.topics import apply_plan, faust_leader_topic, load_topics, plan_topics
 from streams.embedded import start_local_broker
 from streams.synthetic import TrafficGenerator
 
@@ -184,19 +178,16 @@ def produce(
 def read_topic(bootstrap: str, topic: str, *, idle: float = 3.0, within: float = 120,
                ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     """Every message of ``topic`` from the beginning: read at least up to each partition's
-    high watermark as it was when called, then until ``idle`` seconds pass without one
-    (Tansu's watermarks trail; under load a quiet spell alone ended reads too early).
-    Assigned, not subscribed: no consumer-group join to wait for."""
+    end as it was when called, then until ``idle`` seconds pass without one (for messages
+    still on their way). Assigned, not subscribed: no consumer-group join to wait for."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{random.random()}",
                          "enable.auto.commit": False})
     out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends: dict[int, int] = {}
-        for p in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if high > low:
-                ends[p] = high
+        with Cluster(bootstrap, "it-read") as cluster:
+            bounds = cluster.bounds(topic, cluster.partitions(topic))
+        partitions = list(bounds)
+        ends = {p: end for p, (low, end) in bounds.items() if end > low}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         deadline = time.monotonic() + within
         last = time.monotonic()
@@ -307,13 +298,8 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
 
 
 def exact_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    admin = make_admin(bootstrap)
-    reader = replay.offset_reader(bootstrap)
-    try:
-        offsets = replay.Offsets(admin, reader, topic)
-        return {p: end for p, (_, end) in offsets.bounds(offsets.partitions()).items()}
-    finally:
-        reader.close()
+    with Cluster(bootstrap, "it-ends") as cluster:
+        return {p: end for p, (_, end) in cluster.bounds(topic, cluster.partitions(topic)).items()}
 
 
 def caught_up(bootstrap: str, group: str, topic: str) -> Any:

@@ -21,13 +21,8 @@ import aiohttp
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from streams.adapters.kafka import (
-    apply_plan,
-    faust_leader_topic,
-    load_topics,
-    make_admin,
-    plan_topics,
-)
+from streams.adapters.kafka import make_admin
+from streams.adapters.topics import apply_plan, faust_leader_topic, load_topics, plan_topics
 from streams.local_kafka import KafkaCluster, KafkaNode
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (

@@ -11,8 +11,15 @@ import aiohttp
 import asyncpg
 
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import Broker, events_batched, free_port, produce, worker_env
-from tests.integration.test_ops import get, total, wait_for
+from tests.integration.harness import (
+    Broker,
+    events_batched,
+    free_port,
+    produce,
+    wait_for,
+    worker_env,
+)
+from tests.integration.test_ops import get, total
 
 AGENTS = "batcher,analyst,sink-insights,sink-performance,sink-errors"
 
@@ -32,7 +39,7 @@ async def test_a_failing_agent_is_restarted_while_the_others_go_on(
         except aiohttp.ClientError:
             return False
 
-    await wait_for(ready, 90, "readiness")
+    await wait_for(ready, 90, "readiness", [worker])
     # An operator's slip, not bad data: the insights table is gone for a while.
     conn = await asyncpg.connect(migrated_database)
     try:
@@ -50,12 +57,12 @@ async def test_a_failing_agent_is_restarted_while_the_others_go_on(
                     and (await get(f"{base}/health/ready"))[0] == 503
                     and total(metrics, "streamsight_agent_up", agent="sink-insights") == 0)
 
-        await wait_for(restarting, 90, "sink-insights restarted twice")
+        await wait_for(restarting, 90, "sink-insights restarted twice", [worker])
 
         async def batched() -> bool:
             return await events_batched(migrated_database) == len(traffic.valid)
 
-        await wait_for(batched, 60, "the batcher sealing every event meanwhile")
+        await wait_for(batched, 60, "the batcher sealing every event meanwhile", [worker])
         metrics = (await get(f"{base}/metrics"))[1]
         for agent in ("batcher", "analyst", "sink-performance", "sink-errors"):
             assert total(metrics, "streamsight_agent_restarts_total", agent=agent) == 0
@@ -69,7 +76,7 @@ async def test_a_failing_agent_is_restarted_while_the_others_go_on(
             insights = await conn.fetchval("SELECT count(*) FROM insights")
             return bool(batches == insights > 0) and await ready()
 
-        await wait_for(caught_up, 120, "every batch's insight after the table came back")
+        await wait_for(caught_up, 120, "every batch's insight after the table came back", [worker])
     finally:
         await conn.close()
     assert worker.alive()

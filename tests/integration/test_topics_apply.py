@@ -17,13 +17,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ResourceType,
 )
 
-from streams.adapters.kafka import (
-    ConfigDiff,
-    TopicSpec,
-    apply_plan,
-    make_admin,
-    plan_topics,
-)
+from streams.adapters.kafka import make_admin
+from streams.adapters.topics import ConfigDiff, TopicSpec, apply_plan, plan_topics
 from streams.errors import PermanentError
 from tests.integration.harness import Broker
 

@@ -25,7 +25,7 @@ import yaml
 from typer.testing import CliRunner
 
 from streams import cli, config
-from streams.adapters.kafka import load_topics
+from streams.adapters.topics import load_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.adapters.kafka import TopicSpec, load_topics
+from streams.adapters.topics import TopicSpec, load_topics
 from streams.errors import ConfigError
 
 REPO_TOPICS = Path(__file__).resolve().parents[3] / "topics.yaml"

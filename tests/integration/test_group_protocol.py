@@ -1,7 +1,7 @@
 """Consumer group protocols and static membership, on Tansu and Apache Kafka.
 
-``auto`` takes cooperative-sticky for a static member where the broker offers Kafka 4's
-consumer protocol (KIP-848), range elsewhere; asking for the consumer protocol on
+Where the broker offers Kafka 4's consumer protocol (KIP-848), ``auto`` takes it for a
+dynamic member and cooperative-sticky for a static one; range elsewhere; asking for the consumer protocol on
 a broker without it stops the worker with one line (librdkafka would wait for an
 assignment for ever, in silence). With a WORKER_ID, a worker killed and started again
 within the session timeout takes its own partitions back and the other worker never
@@ -39,7 +39,7 @@ async def test_auto_takes_the_consumer_protocol_only_where_the_broker_offers_it(
     fresh_broker: Broker,
 ) -> None:
     kafka = is_kafka(fresh_broker)
-    assert await resolve("auto", fresh_broker.bootstrap) == "range"
+    assert await resolve("auto", fresh_broker.bootstrap) == ("consumer" if kafka else "range")
     assert await resolve("auto", fresh_broker.bootstrap, static=True) == (
         "cooperative-sticky" if kafka else "range")
     assert await resolve("cooperative-sticky", fresh_broker.bootstrap) == "cooperative-sticky"

@@ -1,12 +1,12 @@
 """Consumer group protocols and static membership, on Tansu and Apache Kafka.
 
 Where the broker offers Kafka 4's consumer protocol (KIP-848), ``auto`` takes it for a
-dynamic member and cooperative-sticky for a static one; range elsewhere; asking for the consumer protocol on
-a broker without it stops the worker with one line (librdkafka would wait for an
-assignment for ever, in silence). With a WORKER_ID, a worker killed and started again
-within the session timeout takes its own partitions back and the other worker never
-notices; on the consumer protocol the broker refuses its id until the old session has
-timed out, and the agent starts again until it is let in."""
+dynamic member and cooperative-sticky for a static one; range elsewhere. Asking for the
+consumer protocol on a broker without it stops the worker with one line (librdkafka
+would wait for an assignment for ever, in silence). With a WORKER_ID, a worker killed
+and started again within the session timeout takes its own partitions back and the
+other worker never notices; on the consumer protocol the broker refuses its id until
+the old session has timed out, and the agent starts again until it is let in."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, StrictInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streams.errors import ConfigError
@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # TimescaleDB policies, applied by `db migrate` and at worker start: retention in days
     # per table or aggregate as JSON ({"api_performance": 14}; 0 = keep forever; tables
     # not named keep their policy), and compression after this many days (0 = none).
-    db_retention_days: dict[str, int] = Field(default_factory=dict)
+    # Strict: JSON true is not 1 day.
+    db_retention_days: dict[str, StrictInt] = Field(default_factory=dict)
     db_compress_after_days: int = Field(7, ge=0)
 
     batch_max_events: int = Field(100, ge=1, le=100_000)
@@ -93,7 +94,9 @@ def load(**overrides: object) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+        # Within a structured value: which key ({"api_performance": true} names it).
+        where = "".join(f"{part}: " for part in first["loc"][1:])
+        raise ConfigError(f"invalid setting {name}: {where}{first['msg']}") from None
 
 
 @dataclass(frozen=True)

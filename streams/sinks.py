@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -31,6 +32,7 @@ from streams import config
 from streams.adapters import metrics
 from streams.adapters.copy import CopyWriter, Row, Written
 from streams.adapters.db import QUERY_ERRORS, query_error
+from streams.adapters.late_rows import LateRows
 from streams.core import deadletter
 from streams.core.models import (
     AIUsage,
@@ -69,6 +71,11 @@ WRITERS = {
         "time", "source", "route", "method", "status_code", "duration_ms", "success",
         "event_id")),
 }
+
+
+#: Where the tables that feed continuous aggregates keep their rows' time.
+_TIME_COLUMN = {table: writer.columns.index("time") for table, writer in WRITERS.items()
+                if "time" in writer.columns}
 
 
 def _usage_row(usage: AIUsage) -> Row:
@@ -140,6 +147,7 @@ class SinkHandler:
         self._position: dict[int, int] = {}
         self._duration = metrics.SINK_WRITE_DURATION.labels(topic)
         self._logged: set[str] = set()
+        self._late = LateRows()
 
     async def assigned(self, starts: dict[int, int]) -> None:
         self._position.update(starts)
@@ -182,11 +190,15 @@ class SinkHandler:
             started = time.perf_counter()
             written: dict[str, Written] = {}
             try:
+                now = datetime.now(UTC)
                 async with self.pool.acquire() as conn, conn.transaction():
                     for table, rows in self._rows.items():
                         written[table] = await WRITERS[table].write(conn, rows)
                         log.debug("sink.written", table=table, rows=len(rows),
                                   added=written[table].added)
+                        if table in _TIME_COLUMN and await self._late.note(
+                                conn, table, rows, _TIME_COLUMN[table], now):
+                            metrics.LATE_WRITES.labels(table).inc()
             except QUERY_ERRORS as exc:
                 raise query_error(f"sink of {self.topic}", exc) from exc
             # Counted once the transaction committed: a retried write is not counted twice.

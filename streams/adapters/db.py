@@ -38,6 +38,25 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+_SERVER = """
+SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') AS available,
+       current_setting('shared_preload_libraries') AS preload
+"""
+
+
+def timescaledb_problem(available: bool, preload: str) -> str | None:
+    """Why the migrations cannot set up TimescaleDB on a server, or None.
+
+    Its extension files installed without the library in shared_preload_libraries: the
+    server then ends the connection at CREATE EXTENSION, which would read as "cannot
+    reach PostgreSQL"."""
+    libraries = {Path(part.strip().strip('"')).name for part in preload.split(",")}
+    if available and not any(name.startswith("timescaledb") for name in libraries):
+        return ("TimescaleDB is installed but not preloaded: add timescaledb to "
+                "shared_preload_libraries in the server's postgresql.conf and restart it")
+    return None
+
+
 def _connection_error(dsn: str, exc: BaseException) -> Exception:
     where = redact_dsn(dsn)
     detail = redact_dsn(str(exc)) or type(exc).__name__
@@ -179,6 +198,10 @@ async def migrate(dsn: str, sql_dir: Path | None = None) -> list[str]:
     applied: list[str] = []
     async with _connection(dsn) as conn:
         try:
+            server = await conn.fetchrow(_SERVER)
+            problem = timescaledb_problem(server["available"], server["preload"])
+            if problem:
+                raise PermanentError(f"cannot use PostgreSQL at {redact_dsn(dsn)}: {problem}")
             await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
             try:
                 await conn.execute(_CREATE_LEDGER)

@@ -130,6 +130,10 @@ INSIGHTS = Counter(
 SINK_ROWS = Counter(
     "streamsight_sink_rows_total", "Rows written to TimescaleDB (new rows, not duplicates), "
     "by table.", ["table"], registry=REGISTRY)
+LATE_WRITES = Counter(
+    "streamsight_sink_late_writes_total", "Writes that held rows older than the refresh "
+    "policies of the table's continuous aggregates reach: their span was noted for the "
+    "refresh_late_rows job.", ["table"], registry=REGISTRY)
 SINK_WRITE_DURATION = Histogram(
     "streamsight_sink_write_duration_seconds",
     "Duration of one sink write (one transaction per fetch), by topic.", ["topic"],

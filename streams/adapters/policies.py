@@ -39,6 +39,10 @@ DEFAULT_COMPRESS_AFTER_DAYS = 7
 # would empty the aggregate there.
 MIN_RETENTION_DAYS: Mapping[str, int] = {"api_performance": 2, "error_events": 1}
 
+#: Policies subtract their age from now(): beyond about 2,700 years the result would fall
+#: before 4713 BC, where PostgreSQL's timestamps end, and every run of the job would fail.
+MAX_DAYS = 1_000_000
+
 POLICY_LOCK_KEY = 0x5354_5245_414D_504F  # "STREAMPO"
 
 _CURRENT = """
@@ -62,9 +66,10 @@ def check(retention_days: Mapping[str, int], compress_after_days: int) -> None:
                 f"retention for {name!r}: unknown table or aggregate "
                 f"(one of {', '.join(RELATIONS)})"
             )
-        if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= MAX_DAYS:
             raise ConfigError(
-                f"retention for {name!r}: {days!r} is not a whole number of days >= 0"
+                f"retention for {name!r}: {days!r} is not a whole number of days "
+                f"from 0 to {MAX_DAYS:,}"
             )
         least = MIN_RETENTION_DAYS.get(name, 1)
         if 0 < days < least:
@@ -75,10 +80,11 @@ def check(retention_days: Mapping[str, int], compress_after_days: int) -> None:
     if (
         isinstance(compress_after_days, bool)
         or not isinstance(compress_after_days, int)
-        or compress_after_days < 0
+        or not 0 <= compress_after_days <= MAX_DAYS
     ):
         raise ConfigError(
-            f"compress after: {compress_after_days!r} is not a whole number of days >= 0"
+            f"compress after: {compress_after_days!r} is not a whole number of days "
+            f"from 0 to {MAX_DAYS:,}"
         )
 
 
@@ -113,6 +119,9 @@ async def apply_policies(
             change = await _set(conn, "compression", name, compress_after_days, current)
             if change:
                 changes.append(change)
+        # A policy added here would start at once, beside the others (sql/006_late_rows.sql).
+        if changes:
+            await conn.execute("SELECT streamsight_stagger_jobs()")
     return changes
 
 

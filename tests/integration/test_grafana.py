@@ -10,12 +10,12 @@
 
 Variants per SQL query: the plain-PostgreSQL ``$__timeGroup`` form and the TimescaleDB
 form (``time_bucket``; the datasource sets ``timescaledb: true``; a ``time_bucket``
-function of the same signature stands in for TimescaleDB here), the dashboards' default
-range (6 h, ``$__interval`` 1m, the per-minute aggregates) and a 7-day range
-(``$__interval`` 1h, the hourly aggregate); every variable on All (must show rows), then
-each variable on one value at a time (Grafana's quoting of a single value), tried in order
-until one shows rows. Multi-value and All variables are formatted as Grafana formats them
-for SQL: quoted and comma-separated, for ``column IN ($var)``.
+function of the same signature stands in for TimescaleDB's on plain PostgreSQL), the
+dashboards' default range (6 h, ``$__interval`` 1m, the per-minute aggregates) and a
+7-day range (``$__interval`` 1h, the hourly aggregate); every variable on All (must show
+rows), then each variable on one value at a time (Grafana's quoting of a single value),
+tried in order until one shows rows. Multi-value and All variables are formatted as
+Grafana formats them for SQL: quoted and comma-separated, for ``column IN ($var)``.
 """
 
 from __future__ import annotations
@@ -87,14 +87,21 @@ MODELS = ("gpt-4o-mini", "gpt-4o")
 # The range and $__interval pairs the queries run with: the default, and a long one.
 RANGES = {"6h": (timedelta(hours=6), "1m"), "7d": (timedelta(days=7), "1h")}
 
-# TimescaleDB's time_bucket(interval, timestamptz) for the macro engine's TimescaleDB form
-# (buckets aligned on the epoch: the same as TimescaleDB's for minutes and hours).
+# On plain PostgreSQL, a stand-in for TimescaleDB's time_bucket(interval, timestamptz),
+# which the macro engine's TimescaleDB form calls (buckets aligned on the epoch: the same
+# as TimescaleDB's for minutes and hours). A TimescaleDB server has its own.
 TIME_BUCKET = """
-CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT to_timestamp(floor(extract(epoch FROM ts) / extract(epoch FROM bucket_width))
-                        * extract(epoch FROM bucket_width))
-$$
+DO $do$
+BEGIN
+    IF to_regprocedure('time_bucket(interval, timestamptz)') IS NULL THEN
+        CREATE FUNCTION time_bucket(bucket_width interval, ts timestamptz)
+        RETURNS timestamptz LANGUAGE sql IMMUTABLE STRICT AS $fn$
+            SELECT to_timestamp(floor(extract(epoch FROM ts) / extract(epoch FROM bucket_width))
+                                * extract(epoch FROM bucket_width))
+        $fn$;
+    END IF;
+END
+$do$
 """
 
 

@@ -34,6 +34,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     ("LOG_LEVEL", "LOUD"),
     ("WEB_PORT", "70000"),
     ("TOPIC_PREFIX", "acme/prod"),
+    ("DB_RETENTION_DAYS", '{"api_performance": true}'),
+    ("DB_RETENTION_DAYS", '{"api_performance": "14"}'),
+    ("DB_RETENTION_DAYS", "[14]"),
 ])
 def test_bad_setting_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
@@ -44,6 +47,13 @@ def test_bad_setting_is_one_line_naming_it(
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"invalid setting {name}:")
+
+
+def test_a_bad_value_inside_json_names_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DB_RETENTION_DAYS", '{"insights": 365, "api_performance": true}')
+    with pytest.raises(ConfigError, match=r"^invalid setting DB_RETENTION_DAYS: "
+                                          r"api_performance: Input should be a valid integer$"):
+        config.load(_env_file=None)
 
 
 def test_settings_are_frozen() -> None:

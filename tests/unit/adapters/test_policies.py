@@ -53,7 +53,11 @@ def test_defaults_and_zero_are_valid() -> None:
         ({"insights": 1.5}, 7, r"^retention for 'insights': 1.5 is not a whole number"),
         ({"insights": True}, 7, r"^retention for 'insights': True is not"),
         ({"api_performance": 1}, 7, r"^retention for 'api_performance': 1 days is shorter"),
-        ({}, -3, r"^compress after: -3 is not a whole number of days >= 0$"),
+        ({}, -3, r"^compress after: -3 is not a whole number of days from 0 to 1,000,000$"),
+        # now() - 100,000,000 days is before 4713 BC: every run of the job would fail.
+        ({"api_performance": 100_000_000}, 7,
+         r"^retention for 'api_performance': 100000000 is not a whole number of days from 0 "),
+        ({}, 1_000_001, r"^compress after: 1000001 is not"),
     ],
 )
 def test_bad_values_name_what_is_wrong(

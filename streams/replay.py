@@ -187,15 +187,20 @@ def plan_partition(partition: int, current: int | None, wanted: int, low: int, e
 # --- reset ---------------------------------------------------------------------------------
 
 
-def ensure_idle(cluster: Cluster, group: str) -> None:
-    """Refuse while anyone consumes in ``group`` (a reset would be overwritten by their
-    next commit, and Kafka refuses it anyway)."""
+def activity(cluster: Cluster, group: str) -> str | None:
+    """Why ``group`` cannot be reset now (someone consumes in it: a reset would be
+    overwritten by their next commit, and Kafka refuses it anyway), or None."""
     found = cluster.group(group)
-    if not found.idle:
-        members = "" if found.members is None else f", {found.members} members"
-        raise StreamsightError(
-            f"consumer group {group} is active (state {found.state}{members}): "
-            "stop its workers first, then reset")
+    if found.idle:
+        return None
+    members = "" if found.members is None else f", {found.members} members"
+    return f"consumer group {group} is active (state {found.state}{members})"
+
+
+def ensure_idle(cluster: Cluster, group: str) -> None:
+    busy = activity(cluster, group)
+    if busy:
+        raise StreamsightError(f"{busy}: stop its workers first, then reset")
 
 
 @dataclass(frozen=True)
@@ -273,13 +278,18 @@ def run_reset(settings: config.Settings, *, group: str, topic: str | None, targe
 
     group, topic = resolve_group(group, settings.app_id, topic, settings.topics)
     with Cluster(settings.kafka_bootstrap_servers, "streamsight-replay") as cluster:
-        # Refuse before planning too: a plan for an active group would be stale at once.
-        ensure_idle(cluster, group)
+        busy = activity(cluster, group)
+        if execute and busy:
+            # Refused before planning: a plan for an active group would be stale at once.
+            raise StreamsightError(f"{busy}: stop its workers first, then reset")
         plan = plan_reset(cluster, group, topic, target, parse_partitions(partitions))
         _show(plan)
         if not execute:
             Console().print(f"{plan.reprocess:,} messages to reprocess; "
                             "dry run: add --execute to apply")
+            if busy:
+                Console().print(f"[yellow]not executable now: {busy}: stop its workers "
+                                "before --execute[/]")
             return
         apply_reset(cluster, plan)
     Console().print(f"moved {group} on {len(plan.partitions)} partitions of {topic}; "

@@ -294,6 +294,12 @@ async def test_batcher_replay_is_refused_while_it_runs_and_adds_nothing(
     assert refused.stderr.startswith("streamsight: consumer group it-batcher is active (state")
     assert refused.stderr.count("\n") == 1
     assert committed(bootstrap, "it-batcher", "events", 4) == before
+    # Its dry run shows the plan all the same, marked as not executable now.
+    dry = await asyncio.to_thread(cli, env, "reset", "--group", "batcher", "--to-earliest")
+    assert dry.returncode == 0, dry.stderr
+    assert "messages to reprocess; dry run" in dry.stdout
+    assert "not executable now: consumer group it-batcher is active (state" in dry.stdout
+    assert committed(bootstrap, "it-batcher", "events", 4) == before
 
     assert batcher.stop() == 0
     await wait_for(caught_up(bootstrap, "it-batcher", "events"), 30, "batcher committed", both)

@@ -10,10 +10,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, SecretStr, StrictInt, ValidationError
+from pydantic import Field, SecretStr, StrictInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streams.errors import ConfigError
+
+
+#: One bootstrap server: host (or [IPv6]) and port, optionally behind a listener name.
+_BOOTSTRAP_SERVER = re.compile(r"^([A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s,:/\[\]]+):\d{1,5}$")
 
 
 class Settings(BaseSettings):
@@ -77,6 +81,14 @@ class Settings(BaseSettings):
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(600.0, gt=0)
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, value: str) -> str:
+        # An empty or port-less value would leave every client waiting for a broker.
+        if not all(_BOOTSTRAP_SERVER.match(part.strip()) for part in value.split(",")):
+            raise ValueError("use host:port, comma-separated, e.g. kafka:9092")
+        return value
+
     @property
     def topics(self) -> Topics:
         return Topics.prefixed(self.topic_prefix)
@@ -96,7 +108,8 @@ def load(**overrides: object) -> Settings:
         name = str(first["loc"][0]).upper() if first["loc"] else "settings"
         # Within a structured value: which key ({"api_performance": true} names it).
         where = "".join(f"{part}: " for part in first["loc"][1:])
-        raise ConfigError(f"invalid setting {name}: {where}{first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {where}{message}") from None
 
 
 @dataclass(frozen=True)

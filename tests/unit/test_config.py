@@ -37,6 +37,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     ("DB_RETENTION_DAYS", '{"api_performance": true}'),
     ("DB_RETENTION_DAYS", '{"api_performance": "14"}'),
     ("DB_RETENTION_DAYS", "[14]"),
+    ("KAFKA_BOOTSTRAP_SERVERS", ""),
+    ("KAFKA_BOOTSTRAP_SERVERS", "kafka"),
+    ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,"),
 ])
 def test_bad_setting_is_one_line_naming_it(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
@@ -53,6 +56,21 @@ def test_a_bad_value_inside_json_names_its_key(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("DB_RETENTION_DAYS", '{"insights": 365, "api_performance": true}')
     with pytest.raises(ConfigError, match=r"^invalid setting DB_RETENTION_DAYS: "
                                           r"api_performance: Input should be a valid integer$"):
+        config.load(_env_file=None)
+
+
+@pytest.mark.parametrize("value", ["k1:9092,k2:9092", "k1:9092, k2:9092", "[::1]:9092",
+                                   "PLAINTEXT://kafka:9092"])
+def test_bootstrap_servers_as_kafka_takes_them(monkeypatch: pytest.MonkeyPatch,
+                                              value: str) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", value)
+    assert config.load(_env_file=None).kafka_bootstrap_servers == value
+
+
+def test_an_empty_bootstrap_says_what_is_expected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "")
+    with pytest.raises(ConfigError, match=r"^invalid setting KAFKA_BOOTSTRAP_SERVERS: use "
+                                          r"host:port, comma-separated, e.g. kafka:9092$"):
         config.load(_env_file=None)
 
 

@@ -55,6 +55,7 @@ def topics_apply(
     path = file or Path(settings.topics_file)
     specs = topics.load_topics(path, settings.topic_prefix)
     specs.append(topics.faust_leader_topic(settings.app_id, specs))
+    kafka.ensure_reachable(settings.kafka_bootstrap_servers)
     admin = kafka.make_admin(settings.kafka_bootstrap_servers)
     plan = topics.plan_topics(admin, specs)
 
@@ -140,12 +141,16 @@ def seal(
     source: Annotated[str, typer.Option(help="the source (event key) whose batch to seal")],
 ) -> None:
     """Seal a source's open batch now (reason: manual), through the running batcher."""
+    from streams.adapters.kafka import require_topic
     from streams.trigger import request_seal
 
     settings = _settings()
+    require_topic(settings.kafka_bootstrap_servers, settings.topics.events)
     message = request_seal(settings.kafka_bootstrap_servers, source, settings.topics.events)
+    # Sent, not done: whether the source has an open batch only the batcher knows.
     print(f"seal requested for {source!r} (events partition {message.partition()}, "
-          f"offset {message.offset()}); the batcher seals it when it reads that far")
+          f"offset {message.offset()}); the batcher seals that source's open batch, if it "
+          "has one, when it reads that far")
 
 
 @app.command("lag-exporter")
@@ -173,10 +178,12 @@ def produce(
 ) -> None:
     """Send realistic synthetic traffic to the events topic."""
     # Imported here so other commands do not pay for loading librdkafka.
+    from streams.adapters.kafka import require_topic
     from streams.produce import produce as send_traffic
 
     settings = _settings()
     topic = topic or settings.topics.events
+    require_topic(settings.kafka_bootstrap_servers, topic)
     report = send_traffic(
         bootstrap=settings.kafka_bootstrap_servers,
         topic=topic,

@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, StrictInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from streams.errors import ConfigError
 
-
+_RESERVED = ("the user or password holds a character URLs reserve: percent-encode it "
+             "(@ as %40, : as %3A, / as %2F, # as %23, ? as %3F)")
 #: One bootstrap server: host (or [IPv6]) and port, optionally behind a listener name.
 _BOOTSTRAP_SERVER = re.compile(r"^([A-Za-z_]+://)?(\[[0-9A-Fa-f:.]+\]|[^\s,:/\[\]]+):\d{1,5}$")
 
@@ -80,6 +82,23 @@ class Settings(BaseSettings):
     ai_budget_usd_per_day: float | None = Field(None, gt=0)
     circuit_failure_threshold: int = Field(5, ge=1)
     circuit_cooldown_seconds: float = Field(600.0, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+            raise ValueError("use postgresql://user:password@host:port/database")
+        try:
+            parts.port  # noqa: B018 (it raises for what is not a port)
+        except ValueError as exc:
+            raise ValueError("the port must be 1 to 65535" if "range" in str(exc)
+                             else _RESERVED) from None
+        # A second @, or a # (the fragment) in the password: a URL that means something
+        # else than what was meant, and its parts would end up in error messages.
+        if parts.netloc.count("@") > 1 or parts.fragment:
+            raise ValueError(_RESERVED)
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,9 +49,11 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from streams.errors import PermanentError, RetryableError, StreamsightError
+from streams.errors import ConfigError, PermanentError, RetryableError, StreamsightError
 
 ADMIN_TIMEOUT = 15.0
+#: How long a command waits for a broker to accept a connection before saying so.
+_PROBE_S = 5.0
 
 #: OffsetForLeaderEpoch: answered by brokers that keep a replicated log with leader epochs.
 _OFFSET_FOR_LEADER_EPOCH = 23
@@ -121,6 +124,24 @@ def kafka_error(exc: BaseException, doing: str) -> StreamsightError:
 # --- what the broker is -------------------------------------------------------------------
 
 
+def why_unreachable(bootstrap: str) -> str:
+    """What stands between us and the first bootstrap server, in a few words."""
+    server = bootstrap.split(",")[0].strip().split("://")[-1]
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    try:
+        socket.getaddrinfo(host, int(port))
+    except (socket.gaierror, ValueError):
+        return f"no such host {host}"
+    try:
+        socket.create_connection((host, int(port)), timeout=_PROBE_S).close()
+    except ConnectionRefusedError:
+        return "connection refused"
+    except OSError as exc:
+        return f"no answer within {_PROBE_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+    return "it does not answer as a Kafka broker"
+
+
 async def api_keys(bootstrap: str) -> frozenset[int]:
     """The requests the broker answers (its ApiVersions)."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap, client_id="streamsight-probe")
@@ -132,7 +153,8 @@ async def api_keys(bootstrap: str) -> frozenset[int]:
         await client.bootstrap()
         response = await client.send(client.get_random_node(), ApiVersionRequest())
     except AIOKafkaError:
-        raise RetryableError(f"Kafka at {bootstrap}: not reachable") from None
+        raise RetryableError(f"Kafka at {bootstrap}: not reachable ({why_unreachable(bootstrap)})"
+                             ) from None
     finally:
         quiet.setLevel(level)
         await client.close()
@@ -158,6 +180,24 @@ def quirks(bootstrap: str) -> Quirks:
     """The broker's quirks; callable from inside an event loop too."""
     with ThreadPoolExecutor(1) as pool:
         return Quirks.of(pool.submit(asyncio.run, api_keys(bootstrap)).result())
+
+
+def ensure_reachable(bootstrap: str) -> None:
+    """RetryableError in one line, within seconds, when no broker answers at ``bootstrap``
+    (librdkafka's clients would retry for their whole request timeout)."""
+    quirks(bootstrap)
+
+
+def require_topic(bootstrap: str, topic: str) -> int:
+    """The partitions of ``topic``; one line when the broker is not reachable or the topic
+    does not exist (commands that write never create topics: a broker with
+    auto.create.topics.enable would make one for a typo)."""
+    with Cluster(bootstrap, "streamsight-check") as cluster:
+        try:
+            return len(cluster.partitions(topic))
+        except PermanentError:
+            raise ConfigError(f"topic {topic} does not exist on {bootstrap}: create it with "
+                              "`streamsight topics apply`") from None
 
 
 # --- what the cluster says ----------------------------------------------------------------
@@ -205,6 +245,8 @@ class Cluster:
             self._reader = None
 
     def __enter__(self) -> Cluster:
+        # A command fails here, fast and in one line, when the broker is not there.
+        _ = self.quirks
         return self
 
     def __exit__(self, *_: object) -> None:

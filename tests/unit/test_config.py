@@ -37,6 +37,8 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     ("DB_RETENTION_DAYS", '{"api_performance": true}'),
     ("DB_RETENTION_DAYS", '{"api_performance": "14"}'),
     ("DB_RETENTION_DAYS", "[14]"),
+    ("DATABASE_URL", "mysql://user@host/db"),
+    ("DATABASE_URL", "postgresql://u@h:99999/db"),
     ("KAFKA_BOOTSTRAP_SERVERS", ""),
     ("KAFKA_BOOTSTRAP_SERVERS", "kafka"),
     ("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,"),
@@ -65,6 +67,30 @@ def test_bootstrap_servers_as_kafka_takes_them(monkeypatch: pytest.MonkeyPatch,
                                               value: str) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", value)
     assert config.load(_env_file=None).kafka_bootstrap_servers == value
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:Zq9@t:Xk7@db.internal:5432/streamsight",
+    "postgresql://app:Zq9#Xk7@db.internal:5432/streamsight",
+    "postgresql://app:Zq9/Xk7@db.internal:5432/streamsight",
+])
+def test_a_password_with_reserved_characters_is_one_line_showing_none_of_it(
+    monkeypatch: pytest.MonkeyPatch, url: str,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(ConfigError) as caught:
+        config.load(_env_file=None)
+    message = str(caught.value)
+    assert message == ("invalid setting DATABASE_URL: the user or password holds a character "
+                       "URLs reserve: percent-encode it (@ as %40, : as %3A, / as %2F, # as "
+                       "%23, ? as %3F)")
+    assert "Zq9" not in message and "Xk7" not in message
+
+
+def test_a_percent_encoded_password_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://app:s3cr%40t%3Aword@db.internal:5432/streamsight"
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert config.load(_env_file=None).database_url == url
 
 
 def test_an_empty_bootstrap_says_what_is_expected(monkeypatch: pytest.MonkeyPatch) -> None:

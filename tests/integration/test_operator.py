@@ -1,0 +1,61 @@
+"""What an operator sees when the broker is not there, or a name is wrong: one line that
+names the address and the cause, and nothing that says it worked when it did not."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from streams.adapters.kafka import Cluster
+from tests.integration.harness import Broker, free_port, run_cli
+
+#: Commands that talk to the broker, as an operator types them.
+COMMANDS = [
+    ("topics", "apply"),
+    ("seal", "--source", "checkout"),
+    ("produce", "--count", "1"),
+    ("dlq", "list"),
+    ("replay", "reset", "--group", "batcher", "--to-earliest"),
+]
+
+
+def env_for(bootstrap: str) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "APP_ID": "it", "LOG_FORMAT": "json",
+            "DATABASE_URL": "postgresql://postgres@127.0.0.1:9/unused"}
+
+
+@pytest.mark.parametrize(("where", "cause"), [
+    ("127.0.0.1:{port}", "connection refused"),
+    ("no-such-host.invalid:9092", "no such host no-such-host.invalid"),
+])
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_an_unreachable_broker_is_one_line_naming_it(
+    command: tuple[str, ...], where: str, cause: str,
+) -> None:
+    bootstrap = where.format(port=free_port())
+    started = time.monotonic()
+    result = run_cli(env_for(bootstrap), *command)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == f"streamsight: Kafka at {bootstrap}: not reachable ({cause})\n"
+    print(f"{' '.join(command)} against {where}: {took:.1f} s")
+
+
+def test_produce_refuses_a_topic_that_does_not_exist_and_creates_none(broker: Broker) -> None:
+    result = run_cli(env_for(broker.bootstrap), "produce", "--count", "5",
+                     "--topic", "nosuchtopic")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == (f"streamsight: topic nosuchtopic does not exist on "
+                             f"{broker.bootstrap}: create it with `streamsight topics apply`\n")
+    with Cluster(broker.bootstrap) as cluster:
+        assert "nosuchtopic" not in cluster.topics()
+
+
+def test_seal_says_it_was_sent_not_that_it_sealed(broker: Broker) -> None:
+    applied = run_cli(env_for(broker.bootstrap), "topics", "apply")
+    assert applied.returncode == 0, applied.stderr
+    result = run_cli(env_for(broker.bootstrap), "seal", "--source", "no-such-source")
+    assert result.returncode == 0, result.stderr
+    assert "seal requested for 'no-such-source'" in result.stdout
+    assert "open batch, if it has one" in result.stdout

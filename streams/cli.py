@@ -206,8 +206,8 @@ def produce(
 @app.command()
 def reanalyze(
     since: Annotated[str, typer.Option(help="batches whose first event is at or after this "
-                                       "ISO 8601 time (UTC if no zone)")],
-    until: Annotated[str | None, typer.Option(help="... and before this ISO 8601 time")] = None,
+                                       "time: ISO 8601 (UTC if no zone) or an age: 30m, 2h, 7d")],
+    until: Annotated[str | None, typer.Option(help="... and before this time")] = None,
     source: Annotated[str | None, typer.Option(help="only this source's batches")] = None,
     yes: Annotated[bool, typer.Option("--yes", help="send without asking")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show the plan, send nothing")] = False,
@@ -304,10 +304,10 @@ _OriginTopic = Annotated[
 ]
 _Since = Annotated[
     str | None,
-    typer.Option(help="dead-lettered at or after: ISO 8601 (UTC if no zone) or ago: 30m, 2h, 7d"),
+    typer.Option(help="dead-lettered at or after: ISO 8601 (UTC if no zone) or an age: 30m, 2h, 7d"),
 ]
 _Until = Annotated[
-    str | None, typer.Option(help="dead-lettered before: ISO 8601 or ago: 30m, 2h, 7d")
+    str | None, typer.Option(help="dead-lettered before: ISO 8601 or an age: 30m, 2h, 7d")
 ]
 _Redriven = Annotated[
     int | None,
@@ -420,9 +420,10 @@ def replay_copy(
     source: Annotated[str, typer.Option("--from", help="topic to copy from")],
     destination: Annotated[str, typer.Option("--to", help="topic to copy to (must exist)")],
     since: Annotated[str, typer.Option(
-        help="messages stamped at or after this ISO 8601 time (UTC if no zone)")],
+        help="messages stamped at or after this time: ISO 8601 (UTC if no zone) or an age: "
+             "30m, 2h, 7d")],
     until: Annotated[str | None, typer.Option(
-        help="... and before this ISO 8601 time (default: the end at start)")] = None,
+        help="... and before this time (default: the end at start)")] = None,
     key: Annotated[str | None, typer.Option(help="only messages with this key")] = None,
 ) -> None:
     """Copy a time range of messages (key, value, headers, timestamp) to another topic,

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from streams.adapters.kafka import Cluster, client_conf
+from streams.core import times
 from streams.core.deadletter import REDRIVE_HEADER
 from streams.errors import ConfigError, PermanentError, RetryableError, StreamsightError
 
@@ -170,29 +170,6 @@ def preview(raw: bytes | None, width: int = _PREVIEW_CHARS) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_time(text: str, now: datetime) -> int:
-    """``--since``/``--until``: ISO 8601 (no zone = UTC) or a duration ago (``30m``,
-    ``2h``, ``7d``); milliseconds since the epoch."""
-    text = text.strip()
-    relative = _RELATIVE.match(text.lower())
-    if relative:
-        at = now - timedelta(**{_UNITS[relative.group(2)]: float(relative.group(1))})
-    else:
-        try:
-            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise ConfigError(
-                f"cannot read time {text!r}: use ISO 8601 (2026-11-25T10:00:00Z) "
-                "or a duration ago (45s, 30m, 2h, 7d, 1w)") from None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-    return int(at.timestamp() * 1000)
-
-
 def parse_position(text: str) -> tuple[int, int]:
     """``--offset partition:offset`` (a dead-letter position, as ``dlq show`` prints)."""
     partition, sep, offset = text.strip().partition(":")
@@ -239,8 +216,8 @@ def selection(reasons: Sequence[str] | None = None, origin_topics: Sequence[str]
     return Selection(
         reasons=frozenset(reasons or ()),
         origin_topics=frozenset(origin_topics or ()),
-        since_ms=parse_time(since, now) if since else None,
-        until_ms=parse_time(until, now) if until else None,
+        since_ms=times.moment_ms(since, "--since", now) if since else None,
+        until_ms=times.moment_ms(until, "--until", now) if until else None,
         positions=frozenset(parse_position(p) for p in positions or ()),
         redriven=redriven,
     )

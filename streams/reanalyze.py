@@ -36,6 +36,7 @@ from streams import config
 from streams.adapters import db
 from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.adapters.openai import _SYSTEM_PROMPT, analyzer_name, cost_usd
+from streams.core import times
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import AnalysisRequest, Digest, SealReason, insight_id_for
 from streams.errors import PermanentError, RetryableError, StreamsightError
@@ -156,15 +157,6 @@ class InsightIndex:
                 _HAS_INSIGHT, uuid.UUID(insight_id_for(batch_id, analyzer)), window_start))
         except QUERY_ERRORS as exc:
             raise query_error("insights table", exc) from exc
-
-
-def parse_time(text: str, option: str) -> datetime:
-    """ISO 8601; a time without an offset is UTC."""
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise PermanentError(f"{option}: not an ISO 8601 time: {text!r}") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 async def _usage_average(conn: asyncpg.Connection, model: str) -> tuple[int, float, float]:
@@ -336,8 +328,9 @@ def run_reanalyze(
 
     from streams.adapters.openai import load_prices
 
-    start = parse_time(since, "--since")
-    end = parse_time(until, "--until") if until else None
+    now = datetime.now(UTC)
+    start = times.moment(since, "--since", now)
+    end = times.moment(until, "--until", now) if until else None
     tgt = target(settings)
     plan_ = asyncio.run(plan(settings.database_url, tgt, start, end, source,
                              load_prices(settings.openai_prices)))

@@ -24,11 +24,10 @@ analyzer, which costs nothing, answers again under the same insight id).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from confluent_kafka import (
@@ -49,6 +48,7 @@ from tenacity import (
 
 from streams import config
 from streams.adapters.kafka import Cluster, client_conf, kafka_error
+from streams.core import times
 from streams.errors import ConfigError, PermanentError, StreamsightError
 
 TIMEOUT_S = 15.0
@@ -56,40 +56,6 @@ COPIED_FROM = "replay.copied-from"
 COPIED_AT = "replay.copied-at"
 
 # --- pure planning -------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> timedelta:
-    """``2h``, ``90m``, ``1h30m``, ``45s``, ``3d``, ``1w`` (or ISO 8601 ``PT2H``)."""
-    raw = text.strip().lower()
-    if raw.startswith("p"):
-        raw = raw.removeprefix("p").replace("t", "")
-    parts = _DURATION_PART.findall(raw)
-    if not parts or _DURATION_PART.sub("", raw).strip():
-        raise ConfigError(
-            f"invalid duration {text!r}: use a number and a unit (ms, s, m, h, d, w), e.g. 2h")
-    seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
-    if seconds <= 0:
-        raise ConfigError(f"invalid duration {text!r}: it must be above zero")
-    return timedelta(seconds=seconds)
-
-
-def parse_datetime(text: str) -> int:
-    """An ISO 8601 date or date-time in epoch milliseconds; without an offset it is UTC."""
-    raw = text.strip()
-    if raw.endswith(("Z", "z")):
-        raw = raw[:-1] + "+00:00"
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ConfigError(
-            f"invalid date-time {text!r}: use ISO 8601, e.g. 2026-01-31T14:00:00Z") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
 
 def format_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
@@ -148,11 +114,12 @@ def choose_target(*, to_datetime: str | None, by_duration: str | None, to_offset
     if len(given) != 1:
         raise ConfigError("choose exactly one of --to-datetime, --by-duration, --to-offset, "
                           f"--to-earliest (got {', '.join(given) or 'none'})")
+    moment_of_call = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     if to_datetime is not None:
-        return Target("time", parse_datetime(to_datetime))
+        return Target("time", times.moment_ms(to_datetime, "--to-datetime", moment_of_call))
     if by_duration is not None:
-        now = time.time() if now is None else now
-        return Target("time", int((now - parse_duration(by_duration).total_seconds()) * 1000))
+        ago = times.duration(by_duration, "--by-duration")
+        return Target("time", int((moment_of_call - ago).timestamp() * 1000))
     if to_offset is not None:
         if to_offset < 0:
             raise ConfigError("--to-offset must be 0 or above")
@@ -451,8 +418,9 @@ def run_copy(settings: config.Settings, *, source: str, destination: str, since:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    since_ms = parse_datetime(since)
-    until_ms = parse_datetime(until) if until is not None else None
+    now = datetime.now(UTC)
+    since_ms = times.moment_ms(since, "--since", now)
+    until_ms = times.moment_ms(until, "--until", now) if until is not None else None
     bar = Progress(TextColumn(f"copying {source} -> {destination}"), BarColumn(),
                    MofNCompleteColumn(), console=Console(stderr=True), disable=not progress,
                    transient=True)

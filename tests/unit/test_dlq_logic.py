@@ -115,27 +115,6 @@ def test_counts_by_reason_and_origin() -> None:
     }
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("2026-11-25T10:00:00Z", datetime(2026, 11, 25, 10, tzinfo=UTC)),
-    ("2026-11-25T10:00:00", datetime(2026, 11, 25, 10, tzinfo=UTC)),
-    ("2026-11-25T11:00:00+01:00", datetime(2026, 11, 25, 10, tzinfo=UTC)),
-    ("2026-11-25", datetime(2026, 11, 25, tzinfo=UTC)),
-    ("90s", datetime(2026, 11, 25, 11, 58, 30, tzinfo=UTC)),
-    ("30m", datetime(2026, 11, 25, 11, 30, tzinfo=UTC)),
-    ("2h", datetime(2026, 11, 25, 10, tzinfo=UTC)),
-    ("1.5d", datetime(2026, 11, 24, tzinfo=UTC)),
-    ("1w", datetime(2026, 11, 18, 12, tzinfo=UTC)),
-])
-def test_times_are_iso_or_ago(text: str, expected: datetime) -> None:
-    assert dlq.parse_time(text, NOW) == int(expected.timestamp() * 1000)
-
-
-@pytest.mark.parametrize("text", ["yesterday", "5y", "-3h", ""])
-def test_unreadable_times_are_a_config_error(text: str) -> None:
-    with pytest.raises(ConfigError, match="cannot read time"):
-        dlq.parse_time(text, NOW)
-
-
 def test_positions() -> None:
     assert dlq.parse_position("3:17") == (3, 17)
     assert dlq.parse_position(" 0:0 ") == (0, 0)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import msgspec
-import pytest
 
 from streams import config
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import Digest, LatencyStats, SealReason
-from streams.errors import PermanentError
 from streams.reanalyze import (
     MAX_PROMPT_TOKENS,
     Estimate,
     Target,
     _digest_prompt_tokens,
-    parse_time,
     request_from_row,
     target,
 )
@@ -26,16 +23,6 @@ def test_target_follows_the_workers_settings() -> None:
     assert target(config.load(openai_api_key=None)) == Target(ANALYZER_VERSION, None)
     chosen = target(config.load(openai_api_key="sk-x", openai_model="gpt-4.1-mini"))
     assert chosen == Target("openai:gpt-4.1-mini/v1", "gpt-4.1-mini")
-
-
-def test_times_are_iso_and_utc_without_a_zone() -> None:
-    assert parse_time("2026-03-01T10:00:00Z", "--since") == datetime(2026, 3, 1, 10,
-                                                                       tzinfo=UTC)
-    assert parse_time("2026-03-01 10:00", "--since") == datetime(2026, 3, 1, 10, tzinfo=UTC)
-    offset = parse_time("2026-03-01T10:00:00+02:00", "--until")
-    assert offset.utcoffset() == timedelta(hours=2)
-    with pytest.raises(PermanentError, match="--since: not an ISO 8601 time"):
-        parse_time("yesterday", "--since")
 
 
 def test_digest_estimate_is_capped() -> None:

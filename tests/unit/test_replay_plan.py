@@ -2,38 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from streams import config, replay
 from streams.errors import ConfigError
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("2h", 7200), ("90m", 5400), ("1h30m", 5400), ("45s", 45), ("3d", 259200),
-    ("1w", 604800), ("500ms", 0.5), ("PT2H", 7200), ("P1DT2H", 93600), (" 2H ", 7200),
-])
-def test_durations(text: str, seconds: float) -> None:
-    assert replay.parse_duration(text) == timedelta(seconds=seconds)
-
-
-@pytest.mark.parametrize("text", ["", "2", "h", "2x", "2h junk", "0s", "-2h"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(ConfigError, match="invalid duration"):
-        replay.parse_duration(text)
-
-
-def test_datetimes_are_utc_unless_they_say_otherwise() -> None:
+def test_datetimes_keep_milliseconds_through_format_ms() -> None:
     utc = 1767225600000  # 2026-01-01T00:00:00Z
-    assert replay.parse_datetime("2026-01-01T00:00:00Z") == utc
-    assert replay.parse_datetime("2026-01-01T00:00:00") == utc
-    assert replay.parse_datetime("2026-01-01") == utc
-    assert replay.parse_datetime("2026-01-01T01:00:00+01:00") == utc
-    assert replay.parse_datetime("2026-01-01T00:00:00.250Z") == utc + 250
-    assert replay.parse_datetime(replay.format_ms(utc + 7)) == utc + 7
-    with pytest.raises(ConfigError, match="invalid date-time"):
-        replay.parse_datetime("yesterday")
+    assert replay.choose_target(to_datetime=replay.format_ms(utc + 7), by_duration=None,
+                                to_offset=None, to_earliest=False) == replay.Target("time", utc + 7)
 
 
 def test_agent_names_stand_for_their_group_and_topic() -> None:

@@ -304,7 +304,8 @@ _OriginTopic = Annotated[
 ]
 _Since = Annotated[
     str | None,
-    typer.Option(help="dead-lettered at or after: ISO 8601 (UTC if no zone) or an age: 30m, 2h, 7d"),
+    typer.Option(help="dead-lettered at or after: ISO 8601 (UTC if no zone) or an age: "
+                      "30m, 2h, 7d"),
 ]
 _Until = Annotated[
     str | None, typer.Option(help="dead-lettered before: ISO 8601 or an age: 30m, 2h, 7d")

@@ -374,7 +374,8 @@ class Demo:
             CONSUMER_SESSION_TIMEOUT_MS="6000",
             CONSUMER_HEARTBEAT_INTERVAL_MS="1000",
             LOG_FORMAT="json",
-            LOG_LEVEL="WARNING",
+            # The log goes to its file only: INFO there says what the worker did.
+            LOG_LEVEL="INFO",
             # A free port: Faust refuses WEB_PORT=0.
             WEB_PORT=str(_free_port()),
             # Faust's data directory, which would otherwise land in the current directory.
@@ -467,7 +468,7 @@ class Demo:
                     self.summary()
                     hint = (
                         "the worker keeps running: send more with\n"
-                        f"  KAFKA_BOOTSTRAP_SERVERS={self.bootstrap} streamsight produce "
+                        f"  KAFKA_BOOTSTRAP_SERVERS={self.bootstrap} .venv/bin/streamsight produce "
                         "--count 500 --rate 100\n"
                     )
                     if opts.duration is None:

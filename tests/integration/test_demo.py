@@ -200,8 +200,9 @@ def test_demo_seals_batches_and_accounts_for_every_event(
     assert f"{total_batches:,} sealed batches seen: every one has its insight" in out, out
     assert "worker stopped (exit code 0" in out, out
     assert "broker stopped" in out, out
-    # The worker's logs go to the run directory, not the terminal.
-    assert (tmp_path / "run" / "worker.log").exists()
+    # The worker's logs go to the run directory, not the terminal, and say what it did.
+    worker_log = (tmp_path / "run" / "worker.log").read_text()
+    assert "fetch.assigned" in worker_log, worker_log[-2000:]
     assert not (REPO / "demo-data").exists()
 
     # The worker runs every agent, the sinks included.

@@ -26,7 +26,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -186,8 +186,10 @@ INSIGHT_BASE = {
                "completion_tokens": 1, "cost_usd": 0.0, "latency_ms": 1.0,
                "at": "2026-11-25T10:02:00Z"}],
 }
-PERF_ROW = ["2026-11-25T10:00:00Z", "svc", "/r", "GET", 200, 1.5, True, "p"]
-ERROR_BASE = {"time": "2026-11-25T10:00:00Z", "source": "svc", "type": "E", "message": "m",
+# Rows a day back: inside retention whenever the test runs.
+DAY_BACK = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+PERF_ROW = [DAY_BACK, "svc", "/r", "GET", 200, 1.5, True, "p"]
+ERROR_BASE = {"time": DAY_BACK, "source": "svc", "type": "E", "message": "m",
               "event_id": "e", "batch_id": None, "usage": []}
 
 

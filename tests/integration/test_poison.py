@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -33,7 +34,8 @@ from tests.integration.harness import (
 )
 
 AGENTS = "batcher,analyst,sink-insights,sink-performance,sink-errors"
-TS = "2026-11-25T10:00:00Z"
+# A day back: the rows it leads to stay inside retention whenever the test runs.
+TS = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def event(**changes: Any) -> bytes:

@@ -16,6 +16,7 @@ from streams import config
 from streams.adapters import logs
 from streams.adapters.lag import LagCollector, agent_groups
 from streams.adapters.lag_process import LagProcess
+from streams.ports import ensure_free
 
 
 def run(settings: config.Settings) -> None:
@@ -23,12 +24,13 @@ def run(settings: config.Settings) -> None:
     logs.configure(settings.log_level, settings.log_format)
     log = logs.get_logger(__name__)
     groups = agent_groups(settings.app_id, settings.topics.of_agents())
-    reader = LagProcess(settings.kafka_bootstrap_servers, groups,
-                        client_id=f"{settings.app_id}-lag-exporter")
     collector = LagCollector()
     registry = CollectorRegistry()
     registry.register(collector)
+    ensure_free(settings.lag_exporter_port, "LAG_EXPORTER_PORT")
     server, thread = start_http_server(settings.lag_exporter_port, registry=registry)
+    reader = LagProcess(settings.kafka_bootstrap_servers, groups,
+                        client_id=f"{settings.app_id}-lag-exporter")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

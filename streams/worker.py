@@ -12,12 +12,15 @@ from streams.adapters import group_protocol, logs
 from streams.adapters.db import migrate_and_apply_policies
 from streams.app import create_app, resolve_agents
 from streams.config import Settings
+from streams.ports import ensure_free
 
 
 def run_worker(settings: Settings, agents: list[str] | None) -> None:
     """Block until the worker stops (SIGTERM / SIGINT stop it cleanly)."""
     logs.configure(settings.log_level, settings.log_format)
     chosen = resolve_agents(agents)
+    if settings.web_enabled:
+        ensure_free(settings.web_port, "WEB_PORT")
     # Before anything asks for an event loop, so that the app's loop is uvloop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # Every worker brings the schema up to date first; the runner's advisory lock makes

@@ -3,6 +3,7 @@ names the address and the cause, and nothing that says it worked when it did not
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -59,3 +60,25 @@ def test_seal_says_it_was_sent_not_that_it_sealed(broker: Broker) -> None:
     assert result.returncode == 0, result.stderr
     assert "seal requested for 'no-such-source'" in result.stdout
     assert "open batch, if it has one" in result.stdout
+
+
+@pytest.mark.parametrize(("command", "setting"), [
+    (("worker",), "WEB_PORT"),
+    (("lag-exporter",), "LAG_EXPORTER_PORT"),
+])
+def test_a_port_in_use_stops_start_up_in_one_line_before_anything_joins(
+    broker: Broker, command: tuple[str, ...], setting: str,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli({**env_for(broker.bootstrap), setting: str(port)}, *command)
+        took = time.monotonic() - started
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == (f"streamsight: invalid setting {setting}: port {port} is in use "
+                             "on this host (Address already in use)\n")
+    # Found before the worker touched the database (this DATABASE_URL goes nowhere) or
+    # joined a group.
+    print(f"{' '.join(command)} with {setting} taken: {took:.1f} s")

@@ -8,7 +8,7 @@ import gc
 import faust
 import uvloop
 
-from streams.adapters import group_protocol, logs
+from streams.adapters import group_protocol, kafka, logs
 from streams.adapters.db import migrate_and_apply_policies
 from streams.app import create_app, resolve_agents
 from streams.config import Settings
@@ -21,6 +21,9 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     chosen = resolve_agents(agents)
     if settings.web_enabled:
         ensure_free(settings.web_port, "WEB_PORT")
+    # One line within seconds whatever the protocol setting (auto probes the broker below
+    # anyway; Faust's own client would print a long traceback instead).
+    kafka.ensure_reachable(settings.kafka_bootstrap_servers)
     # Before anything asks for an event loop, so that the app's loop is uvloop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # Every worker brings the schema up to date first; the runner's advisory lock makes

@@ -21,9 +21,6 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     chosen = resolve_agents(agents)
     if settings.web_enabled:
         ensure_free(settings.web_port, "WEB_PORT")
-    # One line within seconds whatever the protocol setting (auto probes the broker below
-    # anyway; Faust's own client would print a long traceback instead).
-    kafka.ensure_reachable(settings.kafka_bootstrap_servers)
     # Before anything asks for an event loop, so that the app's loop is uvloop.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     # Every worker brings the schema up to date first; the runner's advisory lock makes
@@ -33,6 +30,9 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     log = logs.get_logger(__name__)
     if changes:
         log.info("db.migrated", changes=changes)
+    # One line within seconds whatever the protocol setting (auto probes the broker below
+    # anyway; Faust's own client would print a long traceback instead).
+    kafka.ensure_reachable(settings.kafka_bootstrap_servers)
     protocol = asyncio.run(group_protocol.resolve(
         settings.consumer_group_protocol, settings.kafka_bootstrap_servers,
         static=settings.worker_id is not None))

@@ -85,10 +85,12 @@ def test_a_port_in_use_stops_start_up_in_one_line_before_anything_joins(
 
 
 @pytest.mark.parametrize("protocol", ["auto", "range"])
-def test_a_worker_without_its_broker_stops_in_one_line(protocol: str) -> None:
+def test_a_worker_without_its_broker_stops_in_one_line(
+    migrated_database: str, protocol: str,
+) -> None:
     bootstrap = f"127.0.0.1:{free_port()}"
-    result = run_cli({**env_for(bootstrap), "CONSUMER_GROUP_PROTOCOL": protocol,
-                      "WEB_ENABLED": "false"}, "worker")
+    result = run_cli({**env_for(bootstrap), "DATABASE_URL": migrated_database,
+                      "CONSUMER_GROUP_PROTOCOL": protocol, "WEB_ENABLED": "false"}, "worker")
     assert result.returncode == 1, result.stdout
     assert result.stderr == (f"streamsight: Kafka at {bootstrap}: not reachable "
                              "(connection refused)\n")

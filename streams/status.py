@@ -54,8 +54,8 @@ def _topics(bootstrap: str) -> list[tuple[str, int, int]]:
     with Cluster(bootstrap, "streamsight-status", timeout=_TIMEOUT_S) as cluster:
         existing = {n: ps for n, ps in cluster.topics().items() if not n.startswith("__")}
         wheres = [(n, p) for n, ps in existing.items() for p in ps]
-        lows, ends = cluster.lows(wheres), cluster.ends(wheres)
-        return [(name, len(ps), sum(ends[(name, p)] - lows[(name, p)] for p in ps))
+        spans = cluster.spans(wheres)
+        return [(name, len(ps), sum(end - low for low, end in (spans[(name, p)] for p in ps)))
                 for name, ps in sorted(existing.items())]
 
 

@@ -8,7 +8,7 @@ import gc
 import faust
 import uvloop
 
-from streams.adapters import group_protocol, kafka, logs
+from streams.adapters import group_protocol, logs
 from streams.adapters.db import migrate_and_apply_policies
 from streams.app import create_app, resolve_agents
 from streams.config import Settings
@@ -30,9 +30,6 @@ def run_worker(settings: Settings, agents: list[str] | None) -> None:
     log = logs.get_logger(__name__)
     if changes:
         log.info("db.migrated", changes=changes)
-    # One line within seconds whatever the protocol setting (auto probes the broker below
-    # anyway; Faust's own client would print a long traceback instead).
-    kafka.ensure_reachable(settings.kafka_bootstrap_servers)
     protocol = asyncio.run(group_protocol.resolve(
         settings.consumer_group_protocol, settings.kafka_bootstrap_servers,
         static=settings.worker_id is not None))

@@ -37,10 +37,12 @@ async def broker_has_consumer_protocol(bootstrap: str) -> bool:
 
 async def resolve(setting: str, bootstrap: str, static: bool = False) -> str:
     """The protocol to use for CONSUMER_GROUP_PROTOCOL=``setting`` (``static``: the
-    worker has a WORKER_ID)."""
+    worker has a WORKER_ID). The broker is asked whatever the setting: its answer is also
+    the worker's one-line RetryableError when no broker answers (Faust's client would
+    print a long traceback instead)."""
+    offered = await broker_has_consumer_protocol(bootstrap)
     if setting not in ("auto", "consumer"):
         return setting
-    offered = await broker_has_consumer_protocol(bootstrap)
     if setting == "consumer" and not offered:
         raise ConfigError(f"invalid setting CONSUMER_GROUP_PROTOCOL: the broker at {bootstrap} "
                           "does not offer the consumer protocol (KIP-848); use auto, "

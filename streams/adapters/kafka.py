@@ -219,13 +219,13 @@ class Cluster:
     """Topics' offsets and groups' states, exact on every broker; ``close()`` when done."""
 
     def __init__(self, bootstrap: str, client_id: str = "streamsight",
-                 timeout: float = ADMIN_TIMEOUT, known: Quirks | None = None) -> None:
+                 timeout: float = ADMIN_TIMEOUT) -> None:
         self.bootstrap = bootstrap
         self.timeout = timeout
         self.admin = make_admin(bootstrap, **{"client.id": client_id})
         self._client_id = client_id
         self._reader: Consumer | None = None
-        self._quirks = known
+        self._quirks: Quirks | None = None
 
     @property
     def quirks(self) -> Quirks:
@@ -287,22 +287,24 @@ class Cluster:
     def lows(self, wheres: Iterable[Where]) -> dict[Where, int]:
         return {w: o for w, (o, _) in self._list(wheres, _EARLIEST).items()}
 
-    def ends(self, wheres: Iterable[Where]) -> dict[Where, int]:
-        """The offset the next message will get, per partition."""
+    def spans(self, wheres: Iterable[Where]) -> dict[Where, tuple[int, int]]:
+        """(low, end) per partition, the end being the offset the next message gets."""
         wheres = list(wheres)
-        reported = {w: o for w, (o, _) in self._list(wheres, _LATEST).items()}
-        if not self.quirks.ends_trail:
-            return reported
-        # From just before the reported end, one fetch returns the last produce batch
-        # whole: its end is the log's.
         lows = self.lows(wheres)
-        return self._read_to_end({w: max(lows[w], reported[w] - 1) for w in wheres})
+        ends = {w: o for w, (o, _) in self._list(wheres, _LATEST).items()}
+        if self.quirks.ends_trail:
+            # From just before the reported end, one fetch returns the last produce batch
+            # whole: its end is the log's.
+            ends = self._read_to_end({w: max(lows[w], ends[w] - 1) for w in wheres})
+        return {w: (lows[w], ends[w]) for w in wheres}
+
+    def ends(self, wheres: Iterable[Where]) -> dict[Where, int]:
+        return {w: end for w, (_, end) in self.spans(wheres).items()}
 
     def bounds(self, topic: str, partitions: Sequence[int]) -> dict[int, tuple[int, int]]:
         """(low, end) per partition of ``topic``."""
-        wheres = [(topic, p) for p in partitions]
-        lows, ends = self.lows(wheres), self.ends(wheres)
-        return {p: (lows[(topic, p)], ends[(topic, p)]) for p in partitions}
+        spans = self.spans((topic, p) for p in partitions)
+        return {p: spans[(topic, p)] for p in partitions}
 
     def _read_to_end(self, starts: Mapping[Where, int]) -> dict[Where, int]:
         reader = self.reader

@@ -98,25 +98,25 @@ class LagReader:
         existing = cluster.topics()
         partitions = {t: existing[t] for t in sorted(set(self.groups.values())) if t in existing}
         wheres = [(t, p) for t, ps in partitions.items() for p in ps]
-        highs, lows = cluster.ends(wheres), cluster.lows(wheres)
+        spans = cluster.spans(wheres)
         described = cluster.groups(self.groups)
         positions: dict[tuple[str, str, int], tuple[int | None, int]] = {}
         for group, topic in self.groups.items():
             committed = cluster.committed(group, topic, partitions.get(topic, []))
             for partition, offset in committed.items():
-                start = offset if offset is not None else lows[(topic, partition)]
+                start = offset if offset is not None else spans[(topic, partition)][0]
                 positions[(group, topic, partition)] = (offset, start)
         stamps = self._timestamps({
             (topic, partition, start)
             for (_, topic, partition), (_, start) in positions.items()
-            if start < highs[(topic, partition)]})
+            if start < spans[(topic, partition)][1]})
 
         out = []
         for group, topic in self.groups.items():
             rows = []
             for partition in partitions.get(topic, []):
                 own, start = positions[(group, topic, partition)]
-                high = highs[(topic, partition)]
+                high = spans[(topic, partition)][1]
                 # A high watermark below the position is a broker answering late: no lag,
                 # not a negative one.
                 behind = max(0, high - start)

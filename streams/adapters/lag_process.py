@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from confluent_kafka import KafkaException
 
 from streams.adapters.lag import GroupLag, LagReader
+from streams.errors import StreamsightError
 
 # The child's reader, kept between readings (its clients stay connected).
 _reader: LagReader | None = None
@@ -41,14 +42,15 @@ def _end_with(parent: int) -> None:
 
 def _read(bootstrap: str, groups: dict[str, str], client_id: str,
           ) -> tuple[list[GroupLag], str | None]:
-    """In the child: one reading, or why it failed (a KafkaException does not pickle)."""
+    """In the child: one reading, or why it failed (a KafkaException does not pickle;
+    the reader's Cluster raises StreamsightError for the most part)."""
     global _reader
     if _reader is None:
         _reader = LagReader(bootstrap, groups, client_id)
         atexit.register(_reader.close)
     try:
         return _reader.read(), None
-    except KafkaException as exc:
+    except (KafkaException, StreamsightError) as exc:
         return [], str(exc)
 
 

@@ -17,6 +17,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from streams.adapters.policies import has_timescaledb
+
 Row = tuple[object, ...]
 
 # Per table with aggregates: how far back every policy will still refresh at its next
@@ -62,8 +64,7 @@ class LateRows:
         self._loaded_at: float | None = None
 
     async def _load(self, conn: asyncpg.Connection) -> None:
-        has = await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
-        rows = await conn.fetch(_COVERED) if has else []
+        rows = await conn.fetch(_COVERED) if await has_timescaledb(conn) else []
         self._covered = {r["table_name"]: (timedelta(0) if r["unrefreshed"] else r["covered"])
                          for r in rows}
         self._loaded_at = self._monotonic()

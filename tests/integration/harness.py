@@ -215,6 +215,14 @@ async def batch_rows(dsn: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def table_count(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
 async def events_batched(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:

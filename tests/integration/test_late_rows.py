@@ -19,9 +19,17 @@ import msgspec
 from confluent_kafka import Producer
 
 from streams.adapters.late_rows import LateRows
+from streams.adapters.policies import has_timescaledb
 from streams.core.models import ErrorRecord, PerformanceRow
 from tests.integration.conftest import WorkerFactory
-from tests.integration.harness import Broker, caught_up, run_cli, wait_for, worker_env
+from tests.integration.harness import (
+    Broker,
+    caught_up,
+    run_cli,
+    table_count,
+    wait_for,
+    worker_env,
+)
 
 AGENTS = "sink-performance,sink-errors"
 #: The aggregate, its raw table and bucket, and the columns compared exactly.
@@ -85,7 +93,7 @@ async def materialise(dsn: str, now: datetime) -> bool:
             "'on-time')", earlier)
         await conn.execute("INSERT INTO error_events (time, source, type, message, event_id) "
                            "VALUES ($1, 'svc0', 'Timeout', 'boom', 'on-time')", earlier)
-        if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        if not await has_timescaledb(conn):
             return False
         until = now - timedelta(hours=1)
         for name in AGGREGATES:
@@ -102,21 +110,13 @@ async def job_errors(dsn: str) -> list[str]:
     """What TimescaleDB's jobs failed with (none on plain PostgreSQL)."""
     conn = await asyncpg.connect(dsn)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
+        if not await has_timescaledb(conn):
             return []
         # Ours: TimescaleDB's own housekeeping jobs are not ours to judge.
         return [f"{r['proc_name']}: {r['err_message']}" for r in await conn.fetch(
             "SELECT proc_name, err_message FROM timescaledb_information.job_errors "
             "WHERE proc_name IN ('policy_refresh_continuous_aggregate', 'policy_compression', "
             "'policy_retention', 'refresh_late_rows')")]
-    finally:
-        await conn.close()
-
-
-async def count(dsn: str, table: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
     finally:
         await conn.close()
 
@@ -152,8 +152,8 @@ async def test_aggregates_equal_the_raw_tables_after_late_rows_a_replay_and_a_re
                            f"the sink read {topic} to its end", [worker])
 
     await settled("performance", "errors")
-    assert await count(dsn, "api_performance") == 351
-    assert await count(dsn, "error_events") == 141
+    assert await table_count(dsn, "api_performance") == 351
+    assert await table_count(dsn, "error_events") == 141
     print(f"\nlate rows written: rows differing per aggregate {await mismatches(dsn)}")
     started = asyncio.get_running_loop().time()
     # The job runs every minute, at its own second of it.
@@ -170,7 +170,8 @@ async def test_aggregates_equal_the_raw_tables_after_late_rows_a_replay_and_a_re
         assert reset.returncode == 0, reset.stderr
     worker = workers("late-replay", env, AGENTS)
     await settled("performance", "errors")
-    assert (await count(dsn, "api_performance"), await count(dsn, "error_events")) == (351, 141)
+    assert (await table_count(dsn, "api_performance"),
+            await table_count(dsn, "error_events")) == (351, 141)
     await wait_for(exact, 150, "the aggregates after a replay", [worker])
 
     # A redrive brings back a late row that had been refused (as a row of its topic).
@@ -185,7 +186,7 @@ async def test_aggregates_equal_the_raw_tables_after_late_rows_a_replay_and_a_re
     assert sent.returncode == 0, sent.stderr
     assert json.loads(sent.stdout)["sent"] == 1
     await settled("performance")
-    assert await count(dsn, "api_performance") == 352
+    assert await table_count(dsn, "api_performance") == 352
     await wait_for(exact, 150, "the aggregates after a redrive", [worker])
     assert await asyncio.to_thread(worker.stop) == 0
     assert await job_errors(dsn) == []
@@ -196,8 +197,7 @@ async def test_only_rows_beyond_every_refresh_policy_are_noted(migrated_database
     policies refresh it. On plain PostgreSQL nothing is ever late."""
     conn = await asyncpg.connect(migrated_database)
     try:
-        tsdb = bool(await conn.fetchval(
-            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"))
+        tsdb = await has_timescaledb(conn)
         late = LateRows()
         now = datetime.now(UTC)
         fresh = [(now - timedelta(minutes=m),) for m in (1, 10, 59)]

@@ -11,7 +11,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from confluent_kafka import (
@@ -35,6 +34,7 @@ from tests.integration.harness import (
     committed,
     events_batched,
     produce,
+    table_count,
     wait_for,
     wait_for_log,
     worker_env,
@@ -253,14 +253,6 @@ def test_copy_a_time_range_and_a_key(fresh_broker: Broker) -> None:
     missing = cli(env, "copy", "--from", "source", "--to", "nope", "--since", since)
     assert (missing.returncode, missing.stderr) == (
         1, "streamsight: topic 'nope' does not exist\n")
-
-
-async def table_count(dsn: str, table: str) -> int:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
-    finally:
-        await conn.close()
 
 
 def performance_rows(bootstrap: str) -> int:

@@ -161,3 +161,18 @@ class AgentSupervisor(Service):
     def _details(self) -> dict[str, object]:
         return {"running": self.running, "restarts": self.restarts,
                 "last_error": self.last_error}
+
+
+class Agents(Service):
+    """Every agent's supervisor: started one after the other, as the worker starts up,
+    and stopped all at once. A stopping agent may wait on a broker or database that is
+    away (each wait is bounded); one after the other, the waits would add up."""
+
+    def __init__(self, supervisors: list[AgentSupervisor], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.supervisors = supervisors
+        for supervisor in supervisors:
+            self.add_dependency(supervisor)
+
+    async def on_stop(self) -> None:
+        await asyncio.gather(*(supervisor.stop() for supervisor in self.supervisors))

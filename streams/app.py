@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import faust
+from faust.app.base import BootStrategy
 
-from agents import lag, web
+from agents import broker, lag, web
 from agents.service import AgentService
-from agents.supervisor import AgentSupervisor
+from agents.supervisor import Agents, AgentSupervisor
 from streams.config import Settings
 from streams.errors import ConfigError
 
@@ -52,11 +53,17 @@ def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust
         broker_heartbeat_interval=settings.consumer_heartbeat_interval_ms / 1000,
         producer_acks=-1,
     )
-    for name in chosen:
-        agent = available[name]
-        app.add_dependency(AgentSupervisor(
-            name, lambda agent=agent, **kwargs: agent(settings, **kwargs),
-            loop=app.loop, beacon=app.beacon))
+    app.add_dependency(Agents([
+        AgentSupervisor(name, lambda agent=available[name], **kwargs: agent(settings, **kwargs),
+                        loop=app.loop, beacon=app.beacon)
+        for name in chosen], loop=app.loop, beacon=app.beacon))
+    broker.install(app, settings)
+    # Faust hosts the process: services, signals, the web server. The agents consume and
+    # produce through clients of their own, so Faust's Kafka consumer and producer stay
+    # off: idle, they still joined a group of their own, and in a broker outage their
+    # shutdown hung (aiokafka's fetcher re-raises the cancellation of its retry sleep
+    # while closing, and mode then waits for a thread that has died).
+    app.boot_strategy = BootStrategy(app, enable_kafka=False)
     lag.install(app, settings)
     web.install(app)
     return app

@@ -7,6 +7,7 @@ progress. Command bodies stay short: they call into streams/ and agents/.
 from __future__ import annotations
 
 import enum
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -114,6 +115,9 @@ def worker(
     run_worker(_settings(), chosen)
 
 
+_Json = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
+
+
 @app.command()
 def status(
     worker: Annotated[
@@ -121,6 +125,7 @@ def status(
         typer.Option(help="a worker's web address (repeatable; default: this host's WEB_PORT)"),
     ] = None,
     insights: Annotated[int, typer.Option(min=0, help="latest insights to show")] = 5,
+    as_json: _Json = False,
 ) -> None:
     """One screen: topics, lag per group, workers' open batches and breaker, batches by
     status, dead-letter counts by reason, the latest insights."""
@@ -131,7 +136,10 @@ def status(
     settings = _settings()
     urls = worker or [f"http://127.0.0.1:{settings.web_port}"]
     snapshot = state.gather(settings, urls, insights)
-    state.render(snapshot, Console())
+    if as_json:
+        sys.stdout.write(json.dumps(state.to_json(snapshot), indent=2, ensure_ascii=False) + "\n")
+    else:
+        state.render(snapshot, Console(), settings.app_id)
     if snapshot.problems:
         raise StreamsightError("; ".join(snapshot.problems))
 
@@ -315,7 +323,6 @@ _Redriven = Annotated[
     typer.Option(min=0, help="only messages redriven exactly this many times before (0 = never)"),
 ]
 _Limit = Annotated[int | None, typer.Option(min=1, help="at most this many, oldest first")]
-_Json = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
 
 
 @dlq_app.command("list")

@@ -35,6 +35,7 @@ def run(settings: config.Settings) -> None:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        reader.cancel()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import KafkaException
 from prometheus_client.parser import text_string_to_metric_families
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -49,14 +50,13 @@ class Status:
     problems: list[str]
 
 
-def _topics(bootstrap: str) -> list[tuple[str, int, int]]:
+def _topics(cluster: Cluster) -> list[tuple[str, int, int]]:
     """Name, partitions and messages of every topic."""
-    with Cluster(bootstrap, "streamsight-status", timeout=_TIMEOUT_S) as cluster:
-        existing = {n: ps for n, ps in cluster.topics().items() if not n.startswith("__")}
-        wheres = [(n, p) for n, ps in existing.items() for p in ps]
-        spans = cluster.spans(wheres)
-        return [(name, len(ps), sum(end - low for low, end in (spans[(name, p)] for p in ps)))
-                for name, ps in sorted(existing.items())]
+    existing = {n: ps for n, ps in cluster.topics().items() if not n.startswith("__")}
+    wheres = [(n, p) for n, ps in existing.items() for p in ps]
+    spans = cluster.spans(wheres)
+    return [(name, len(ps), sum(end - low for low, end in (spans[(name, p)] for p in ps)))
+            for name, ps in sorted(existing.items())]
 
 
 def _worker(url: str) -> WorkerView:
@@ -99,13 +99,15 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
     topics: list[tuple[str, int, int]] = []
     lag: list[GroupLag] = []
     try:
-        topics = _topics(bootstrap)
-        reader = LagReader(bootstrap, agent_groups(settings.app_id, settings.topics.of_agents()),
-                           client_id=f"{settings.app_id}-status")
-        try:
-            lag = reader.read()
-        finally:
-            reader.close()
+        with Cluster(bootstrap, "streamsight-status", timeout=_TIMEOUT_S) as cluster:
+            topics = _topics(cluster)
+            reader = LagReader(bootstrap,
+                               agent_groups(settings.app_id, settings.topics.of_agents()),
+                               client_id=f"{settings.app_id}-status", cluster=cluster)
+            try:
+                lag = reader.read()
+            finally:
+                reader.close()
     except (KafkaException, StreamsightError) as exc:
         problems.append(f"Kafka at {bootstrap}: {exc}")
     counts = None
@@ -121,31 +123,66 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
                   problems)
 
 
-def render(status: Status, console: Console) -> None:
-    topics = Table(title="topics", title_justify="left")
-    for column in ("topic", "partitions", "messages"):
-        topics.add_column(column, justify="right" if column != "topic" else "left")
+def to_json(status: Status) -> dict[str, Any]:
+    """Everything ``status`` shows, for scripts (``status --json``): full names, exact
+    numbers, times in ISO 8601."""
+    return {
+        "topics": [{"topic": name, "partitions": partitions, "messages": messages}
+                   for name, partitions, messages in status.topics],
+        "lag": [{"group": g.group, "topic": g.topic, "state": g.state, "members": g.members,
+                 "messages": g.messages, "seconds": round(g.seconds, 3),
+                 "partitions": [{"partition": p.partition, "committed": p.committed,
+                                 "end": p.high_watermark, "messages": p.messages,
+                                 "seconds": round(p.seconds, 3)} for p in g.partitions]}
+                for g in status.lag],
+        "workers": [{"url": w.url, "error": w.error, "open_batches": w.open_batches,
+                     "breaker": w.breaker, "partitions": w.partitions}
+                    for w in status.workers],
+        "batches": status.batches,
+        "dead_letters": status.dead_letters.to_json() if status.dead_letters else None,
+        "insights": [{**row, "window_start": row["window_start"].isoformat()}
+                     for row in status.insights],
+        "problems": status.problems,
+    }
+
+
+def render(status: Status, console: Console, app_id: str) -> None:
+    """For people, in 80 columns: groups are named without the ``<APP_ID>-`` they all
+    share (the titles say it), long text wraps instead of being cut."""
+    prefix = f"{app_id}-"
+
+    def short(group: str) -> str:
+        return group.removeprefix(prefix)
+
+    def table(title: str, *columns: str, right: tuple[str, ...] = ()) -> Table:
+        made = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in columns:
+            made.add_column(column, justify="right" if column in right else "left",
+                            overflow="fold")
+        return made
+
+    topics = table("topics", "topic", "partitions", "messages",
+                   right=("partitions", "messages"))
     for name, partitions, messages in status.topics:
         topics.add_row(name, str(partitions), f"{messages:,}")
     console.print(topics)
 
-    lag = Table(title="consumer lag (from the broker)", title_justify="left")
-    for column in ("group", "topic", "state", "members", "lag (messages)", "oldest (s)"):
-        lag.add_column(column)
+    lag = table(f"consumer lag of groups {prefix}<agent> (from the broker)", "agent", "topic",
+                "state", "members", "lag", "oldest (s)",
+                right=("members", "lag", "oldest (s)"))
     for group in status.lag:
         members = "?" if group.members is None else str(group.members)
-        lag.add_row(group.group, group.topic, group.state, members,
+        lag.add_row(short(group.group), group.topic, group.state, members,
                     f"{group.messages:,}", f"{group.seconds:,.0f}")
     console.print(lag)
 
-    workers = Table(title="workers", title_justify="left")
-    for column in ("worker", "open batches", "breaker", "partitions"):
-        workers.add_column(column)
+    workers = table("workers (partitions held per agent)", "worker", "open batches",
+                    "breaker", "partitions", right=("open batches",))
     for w in status.workers:
         if w.error:
             workers.add_row(w.url, "-", "-", f"[red]{w.error}[/]")
             continue
-        held = ", ".join(f"{g}: {n:.0f}" for g, n in sorted(w.partitions.items()))
+        held = ", ".join(f"{short(g)} {n:.0f}" for g, n in sorted(w.partitions.items()))
         workers.add_row(w.url, f"{w.open_batches or 0:.0f}", w.breaker or "-", held or "-")
     console.print(workers)
 
@@ -156,11 +193,10 @@ def render(status: Status, console: Console) -> None:
         console.print(f"[bold]dead-letter:[/] {status.dead_letters.total:,}"
                       + (f" ({reasons})" if reasons else ""))
 
-    insights = Table(title="latest insights", title_justify="left")
-    for column in ("window start", "source", "severity", "analyzer", "summary"):
-        insights.add_column(column, overflow="fold")
+    insights = table("latest insights", "window start", "source", "severity", "analyzer",
+                     "summary")
     for row in status.insights:
-        insights.add_row(row["window_start"].isoformat(timespec="seconds"), row["source"],
+        insights.add_row(row["window_start"].strftime("%Y-%m-%d %H:%M"), row["source"],
                          row["severity"], row["analyzer"], row["summary"])
     console.print(insights)
     for problem in status.problems:

@@ -32,9 +32,15 @@ from tenacity import (
 
 from streams.adapters import metrics
 from streams.adapters.group_protocol import librdkafka_settings
+from streams.adapters.kafka import client_conf
 from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
+
+#: Longest a stopping loop waits to settle and commit what it holds.
+STOP_SETTLE_S = 10.0
+#: Longest a request to the broker (a commit above all) may wait for its answer.
+REQUEST_TIMEOUT_MS = 10_000
 
 
 class FetchHandler(Protocol):
@@ -94,20 +100,26 @@ class FetchLoop(Service):
         self._lock = asyncio.Lock()
         self._committed: dict[int, int] = {}
         self._finished = asyncio.Event()
+        # Set when a stop gave up settling: the partitions are then handed back as after
+        # a crash, with nothing more settled or committed.
+        self._abandoned = False
+        self._rebalance_failure: Exception | None = None
         # One thread blocks in consume(); the other runs the short blocking calls
         # (commit, offsets) so they never wait behind it.
         self._poller = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-consume")
         self._calls = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-calls")
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap_servers,
+                **client_conf(bootstrap_servers, f"{group_id}-{name}", service=True),
                 "group.id": group_id,
-                "client.id": f"{group_id}-{name}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
                 # A long settle (database outage) must not cost the group membership.
                 "max.poll.interval.ms": max(300_000, session_timeout_ms),
+                # A commit waits this long at most for a broker that stopped answering
+                # (librdkafka's 60 s held the worker's shutdown, and a failover, as long).
+                "socket.timeout.ms": REQUEST_TIMEOUT_MS,
                 # Wake as soon as data is there instead of librdkafka's default backoff.
                 "fetch.queue.backoff.ms": 1,
                 "fetch.wait.max.ms": 100,
@@ -125,8 +137,8 @@ class FetchLoop(Service):
 
     async def on_start(self) -> None:
         self._consumer.subscribe(
-            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+            [self.topic], on_assign=self._guarded(self._on_assign),
+            on_revoke=self._guarded(self._on_revoke), on_lost=self._guarded(self._on_lost),
         )
         log.info("fetch.started", loop=self.name, topic=self.topic, group=self.group_id)
 
@@ -140,7 +152,17 @@ class FetchLoop(Service):
         if not self.crashed:
             async with self._lock:
                 self.handler.drain(self.clock())
-                await self._settle()
+                try:
+                    async with asyncio.timeout(STOP_SETTLE_S):
+                        await self._settle()
+                except TimeoutError:
+                    # The broker or the database is away: waiting for it would hold the
+                    # shutdown for the whole outage. What is not settled stays
+                    # uncommitted and the partitions' next owner reads it again, as
+                    # after a crash (the guarantees hold through SIGKILL too).
+                    self._abandoned = True
+                    log.warning("fetch.stopped_unsettled", loop=self.name,
+                                waited_s=STOP_SETTLE_S)
         await self.loop.run_in_executor(self._poller, self._consumer.close)
         self._poller.shutdown(wait=False)
         self._calls.shutdown(wait=False)
@@ -170,6 +192,9 @@ class FetchLoop(Service):
                 paused = not want
             messages = await run(self._poller, consumer.consume, self.max_records,
                                  self.idle_timeout)
+            if self._rebalance_failure is not None:
+                # Crash: the supervisor starts the agent again with a new consumer.
+                raise self._rebalance_failure
             async with self._lock:
                 if self.should_stop:
                     # Stopping: these stay unread and uncommitted; on_stop settles the rest.
@@ -249,6 +274,22 @@ class FetchLoop(Service):
 
     # -- rebalance: called inside consume() on the poller thread ---------------------
 
+    def _guarded(self, callback: Callable[[Consumer, list[TopicPartition]], None],
+                 ) -> Callable[[Consumer, list[TopicPartition]], None]:
+        """An exception raised in a rebalance callback comes back out of consume() as
+        something no ``except`` matches (seen after a broker stall: a bare KafkaError
+        from an offset lookup ended the polling thread and left the loop waiting for
+        ever). It is kept instead, and the loop raises it."""
+
+        def guarded(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            try:
+                callback(consumer, partitions)
+            except Exception as exc:  # noqa: BLE001 - raised from the loop, see above
+                log.warning("fetch.rebalance_failed", loop=self.name, error=str(exc))
+                self._rebalance_failure = exc
+
+        return guarded
+
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Offsets are looked up here, on the polling thread: from any other thread
         # librdkafka would wait for this callback to return first, and never answer.
@@ -302,7 +343,8 @@ class FetchLoop(Service):
             mine = [tp.partition for tp in partitions if tp.topic == self.topic]
             if not mine:
                 return []
-            final = [] if lost or self.crashed else await self._settled_offsets()
+            final = ([] if lost or self.crashed or self._abandoned
+                     else await self._settled_offsets())
             self.handler.revoked(mine)
             self.assigned.difference_update(mine)
             metrics.PARTITIONS_ASSIGNED.labels(self.group_id).set(len(self.assigned))

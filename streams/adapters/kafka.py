@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError as AIOKafkaError
 from aiokafka.protocol.admin import ApiVersionRequest
 from confluent_kafka import (
@@ -67,14 +68,18 @@ Where = tuple[str, int]
 # --- clients ------------------------------------------------------------------------------
 
 
-def client_conf(bootstrap: str, client_id: str = "streamsight") -> dict[str, Any]:
-    """Settings every client of ours starts from."""
+def client_conf(bootstrap: str, client_id: str = "streamsight", *, service: bool = False,
+                ) -> dict[str, Any]:
+    """Settings every client of ours starts from. librdkafka's lines go to the
+    ``librdkafka`` logger, as JSON like ours, served by the client's poll or consume.
+    A command's failures reach its caller as one StreamsightError, which librdkafka's
+    lines about each connection attempt (level 3) would only repeat: it keeps level 2
+    and below. A ``service`` (the worker's consumers) keeps warnings and errors too;
+    the log's repeat window makes an outage a line a minute."""
     return {
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
-        # Failures reach the caller as one StreamsightError; librdkafka's own lines about
-        # connection attempts (level 3) would only repeat it.
-        "log_level": 2,
+        "log_level": 4 if service else 2,
         "logger": logging.getLogger("librdkafka"),
     }
 
@@ -159,6 +164,34 @@ async def api_keys(bootstrap: str) -> frozenset[int]:
         quiet.setLevel(level)
         await client.close()
     return frozenset(key for key, _low, _high in response.api_versions)
+
+
+async def unanswered(bootstrap: str, within_s: float) -> str | None:
+    """None when a server of ``bootstrap`` answers a request within ``within_s`` seconds,
+    else why none did (the last server's reason). One connection per call, no client:
+    a watch that asks every few seconds adds no retry loop and no log line of its own."""
+    why = "no server listed"
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().split("://")[-1].rpartition(":")
+        host = host.strip("[]")
+        try:
+            async with asyncio.timeout(within_s):
+                conn = await create_conn(host, int(port), client_id="streamsight-watch",
+                                         request_timeout_ms=int(within_s * 1000))
+                try:
+                    await conn.send(ApiVersionRequest())
+                finally:
+                    conn.close()
+            return None
+        except TimeoutError:
+            why = f"{server.strip()}: no answer within {within_s:g} s"
+        except ConnectionRefusedError:
+            why = f"{server.strip()}: connection refused"
+        except socket.gaierror:
+            why = f"{server.strip()}: no such host {host}"
+        except (OSError, ValueError, AIOKafkaError) as exc:
+            why = f"{server.strip()}: {exc or type(exc).__name__}"
+    return why
 
 
 @dataclass(frozen=True)

@@ -17,18 +17,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, TopicPartition
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from streams.adapters.kafka import Cluster
+from streams.adapters.kafka import Cluster, make_reader
 from streams.errors import StreamsightError
 
 log = structlog.get_logger(__name__)
 
 #: Longest wait for the broker's answers in one reading.
 TIMEOUT_S = 10.0
+#: Failed readings in a row after which lag is unknown rather than its last value.
+STALE_AFTER = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +74,21 @@ class LagReader:
     """Reads the lag of the given groups (group -> the topic it consumes)."""
 
     def __init__(self, bootstrap_servers: str, groups: Mapping[str, str], client_id: str,
-                 ) -> None:
+                 cluster: Cluster | None = None) -> None:
+        """``cluster``: one the caller already asks (and closes), instead of a new one."""
         self.groups = dict(groups)
-        self._cluster = Cluster(bootstrap_servers, client_id, timeout=TIMEOUT_S)
-        # Reads single messages for their timestamps: assigned, never subscribed, never
-        # commits, so it joins no group and moves no offset.
-        self._reader = KafkaConsumer({
-            "bootstrap.servers": bootstrap_servers, "client.id": f"{client_id}-stamps",
-            "group.id": f"{client_id}-stamps", "enable.auto.commit": False,
-            "enable.partition.eof": False,
-        })
+        self._owns_cluster = cluster is None
+        self._cluster = cluster or Cluster(bootstrap_servers, client_id, timeout=TIMEOUT_S)
+        # Reads single messages for their timestamps (a fetch held open at the end of a
+        # partition would delay each reading by half a second).
+        self._reader = make_reader(bootstrap_servers, f"{client_id}-stamps")
         # Timestamps of the messages at committed offsets: they do not change.
         self._stamps: dict[tuple[str, int, int], float] = {}
 
     def close(self) -> None:
         self._reader.close()
-        self._cluster.close()
+        if self._owns_cluster:
+            self._cluster.close()
 
     def read(self, now: float | None = None) -> list[GroupLag]:
         """One reading of every group; raises KafkaException or StreamsightError when the
@@ -159,11 +159,18 @@ class LagCollector(Collector):
         self.failures = 0
 
     def update(self, groups: list[GroupLag], at: float) -> None:
+        if self.failures:
+            log.info("lag.read_recovered", failures=self.failures)
         self.latest, self.read_at, self.failures = groups, at, 0
 
     def failed(self, error: str) -> None:
-        """A reading failed: the previous values stay exposed, the failure is counted."""
+        """A reading failed: it is counted, and after ``STALE_AFTER`` in a row the lag is
+        no longer exposed, as a value that stopped changing would look current. One or
+        two failures (a coordinator moving) keep the last values, so that a lag alert's
+        ``for:`` does not start over."""
         self.failures += 1
+        if self.failures >= STALE_AFTER:
+            self.latest = []
         log.warning("lag.read_failed", error=error, failures=self.failures)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -196,7 +203,8 @@ class LagCollector(Collector):
         read_at.add_metric([], self.read_at or 0.0)
         failures = GaugeMetricFamily(
             "streamsight_consumer_lag_read_failures",
-            "Readings of lag that failed in a row (the broker did not answer).")
+            "Readings of lag that failed in a row (the broker did not answer); after "
+            f"{STALE_AFTER} in a row, no lag is exported until one succeeds.")
         failures.add_metric([], self.failures)
         yield from (messages, seconds, members, state, read_at, failures)
 

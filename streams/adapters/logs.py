@@ -1,7 +1,8 @@
 """structlog set-up: one pipeline for our loggers and for stdlib ones (Faust, aiokafka).
 
 JSON lines (orjson) for machines, a console renderer for people; ISO-8601 UTC timestamps;
-secrets and DSN passwords redacted before anything is rendered.
+secrets and DSN passwords redacted before anything is rendered; a warning or error that
+repeats is told once per ``REPEAT_WINDOW_S``, with how many like it were held back.
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import orjson
 import structlog
+
+from streams.core.repeats import Repeats
 
 # Exact names, plus the same names as a suffix (``openai_api_key``, ``db_password``), so
 # that fields such as ``event_key`` or ``batch_key`` stay readable.
@@ -35,6 +40,9 @@ NOISY_LOGGERS = (
     "urllib3",
     "asyncpg",
 )
+
+#: A kind of warning or error is told at most once per this many seconds.
+REPEAT_WINDOW_S = 60.0
 
 _DSN_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)[^\s@/]+@")
 _HANDLER_MARK = "_streamsight_handler"
@@ -64,6 +72,45 @@ def redact_secrets(
     return event_dict
 
 
+# What differs between repeats of one failure: librdkafka's client and thread names,
+# addresses, counts and durations.
+_VARYING = re.compile(r"\[thrd:[^\]]*\]|\[[^\]\s]*#(?:consumer|producer)-\d+\]|\d+")
+
+
+class Collapse(logging.Filter):
+    """Holds back warnings and errors that repeat within ``REPEAT_WINDOW_S``; the next one
+    told carries ``repeated``, how many were held back since the one before. Ours are of
+    a kind by event name; a library's by its message with what varies taken out."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._repeats = Repeats(window_s)
+        self._clock = clock
+        # Clients log from their own threads (librdkafka's queue is served in consume()).
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        with self._lock:
+            held = self._repeats.tell(_kind(record), self._clock())
+        if held is None:
+            return False
+        if held:
+            if isinstance(record.msg, dict):
+                record.msg = {**record.msg, "repeated": held}
+            else:
+                record.repeated = held
+        return True
+
+
+def _kind(record: logging.LogRecord) -> Hashable:
+    if isinstance(record.msg, dict):  # one of ours, through structlog
+        return record.name, record.levelno, record.msg.get("event")
+    return record.name, record.levelno, _VARYING.sub("#", record.getMessage())
+
+
 def _orjson_dumps(obj: Any, **_kwargs: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -77,8 +124,10 @@ def _use_json(fmt: str, stream: TextIO) -> bool:
     return not (isatty is not None and isatty())
 
 
-def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Install the pipeline; calling it again replaces the previous set-up."""
+def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = None,
+              clock: Callable[[], float] = time.monotonic) -> None:
+    """Install the pipeline; calling it again replaces the previous set-up. ``clock``
+    times the repeats held back."""
     out = stream if stream is not None else sys.stderr
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
@@ -129,15 +178,28 @@ def configure(level: str = "INFO", fmt: str = "auto", stream: TextIO | None = No
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(Collapse(clock=clock))
     setattr(handler, _HANDLER_MARK, True)
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
+    # A thread's uncaught exception is told in the log's format too, not as a bare
+    # traceback on stderr; so are warnings.
+    threading.excepthook = _thread_crashed
+    logging.captureWarnings(True)
     root.setLevel(numeric)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+
+
+def _thread_crashed(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    logging.getLogger("threading").error(
+        "thread.crashed", exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"thread": args.thread.name if args.thread else None})
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -145,6 +145,11 @@ SINK_WRITE_DURATION = Histogram(
 LAG = LagCollector()
 REGISTRY.register(LAG)
 
+KAFKA_REACHABLE = Gauge(
+    "streamsight_kafka_reachable",
+    "1 while a server of KAFKA_BOOTSTRAP_SERVERS answers this worker's probe (every 5 s), "
+    "0 while none does.", registry=REGISTRY)
+
 AGENT_RESTARTS = Counter(
     "streamsight_agent_restarts_total",
     "Times an agent failed and was restarted inside its worker", ["agent"], registry=REGISTRY)

@@ -70,3 +70,38 @@ def test_console_format_is_not_json() -> None:
     assert "password=***" in text
     assert not text.startswith("{")
     logs.configure("WARNING", "console")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_repeated_failure_is_told_once_a_window_with_the_count_held_back() -> None:
+    out, clock = io.StringIO(), Clock()
+    logs.configure("INFO", "json", stream=out, clock=clock)
+    try:
+        rdkafka, ours = logging.getLogger("librdkafka"), logs.get_logger("streams.part")
+        # Five clients retrying against two stopped brokers: one kind of failure.
+        for second in range(120):
+            clock.now = float(second)
+            for client in range(5):
+                port = 9092 + client % 2
+                rdkafka.error("%s [%s] %s", "FAIL", f"it-batcher#consumer-{client}",
+                              f"[thrd:127.0.0.1:{port}/1]: 127.0.0.1:{port}/1: Connect to "
+                              f"ipv4#127.0.0.1:{port} failed: Connection refused "
+                              f"(after {second % 7}ms in state CONNECT)")
+            ours.warning("fetch.error", code="_TRANSPORT", attempt=second)
+            ours.info("fetch.assigned", partitions=[second])
+        rdkafka.error("%s [%s] %s", "FAIL", "rdkafka#producer-1", "[thrd:main]: other failure")
+    finally:
+        logs.configure("WARNING", "console")
+    told = lines(out)
+    fails = [r for r in told if r["logger"] == "librdkafka" and "Connect" in str(r["message"])]
+    assert [r.get("repeated") for r in fails] == [None, 299]
+    assert [r.get("repeated") for r in told if r["message"] == "fetch.error"] == [None, 59]
+    assert sum(r["message"] == "fetch.assigned" for r in told) == 120
+    assert told[-1]["message"].endswith("other failure")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import asyncpg
@@ -45,17 +46,39 @@ async def test_status_shows_the_whole_pipeline(
     open_events = len(traffic.valid) - await events_batched(migrated_database)
     assert open_events > 0
 
-    result = await asyncio.to_thread(run_cli, env, "status", "--worker", f"http://127.0.0.1:{port}")
+    # As in a pipe or an 80-column terminal: nothing cut, nothing wider.
+    result = await asyncio.to_thread(run_cli, {**env, "COLUMNS": "80"}, "status", "--worker",
+                                     f"http://127.0.0.1:{port}")
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80, out
     for topic in ("events", "analysis-requests", "insights", "dead-letter"):
         assert topic in out
-    assert "it-batcher" in out and "it-analyst" in out
+    assert "groups it-<agent>" in out
+    lag_rows = {line.split()[0] for line in out.splitlines() if " stable " in line}
+    assert {"batcher", "analyst", "sink-insights"} <= lag_rows, out
     row = next(line for line in out.splitlines() if f"http://127.0.0.1:{port}" in line)
-    assert "closed" in row and "it-batcher: 4" in row
+    assert "closed" in row and "batcher 4" in row
     assert f"dead-letter: {len(traffic.invalid)} " in out
     assert "ANALYZED" in out and latest in out
     assert f"{insights}" in out
+
+    as_json = await asyncio.to_thread(run_cli, env, "status", "--json", "--worker",
+                                      f"http://127.0.0.1:{port}")
+    assert as_json.returncode == 0, as_json.stderr
+    state = json.loads(as_json.stdout)
+    assert {t["topic"]: t["messages"] for t in state["topics"]}["events"] == len(
+        traffic.valid) + len(traffic.invalid)
+    groups = {g["group"]: g for g in state["lag"]}
+    assert groups["it-batcher"]["state"] == "stable"
+    assert groups["it-batcher"]["messages"] == sum(
+        p["messages"] for p in groups["it-batcher"]["partitions"])
+    (seen,) = state["workers"]
+    assert seen["error"] is None and seen["partitions"]["it-batcher"] == 4
+    assert seen["breaker"] == "closed"
+    assert state["dead_letters"]["total"] == len(traffic.invalid)
+    assert sum(state["batches"].values()) >= 7 and state["problems"] == []
+    assert state["insights"][0]["source"] == latest
 
     assert await asyncio.to_thread(worker.stop) == 0
     after = await asyncio.to_thread(run_cli, env, "status", "--worker", f"http://127.0.0.1:{port}")

@@ -8,6 +8,7 @@ test that passes on made-up input. This compares both files with the registry.
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import yaml
 
 from streams.adapters.metrics import REGISTRY
 
-PROMETHEUS = Path(__file__).resolve().parents[2] / "prometheus"
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = ROOT / "prometheus"
+RUNBOOK = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Runbook"]
+RUNBOOK_TEXT = (ROOT / "docs" / "runbook.md").read_text()
 
 # The consumer-lag gauges come from the lag exporter and the workers, written apart from
 # streams/adapters/metrics.py (streams/adapters/lag.py, not in the registry yet), so they
@@ -73,9 +77,16 @@ def test_alert_is_labelled_and_explained(rule: dict[str, Any]) -> None:
     assert rule["alert"].startswith("Streamsight")
     assert rule.get("for"), "fires on one evaluation"
     assert rule["labels"]["severity"] in {"warning", "critical"}
-    for key in ("summary", "description", "runbook"):
+    for key in ("summary", "description", "runbook_url"):
         assert rule["annotations"].get(key), f"no {key}"
-    assert rule["annotations"]["runbook"].startswith("README.md#")
+    # Absolute, so that it works from a notification, and to a section that exists.
+    assert rule["annotations"]["runbook_url"] == f"{RUNBOOK}#{rule['alert'].lower()}"
+    assert f"\n## {rule['alert']}\n" in RUNBOOK_TEXT, "no section in docs/runbook.md"
+
+
+def test_every_runbook_section_is_an_alert() -> None:
+    sections = re.findall(r"^## (\w+)$", RUNBOOK_TEXT, re.M)
+    assert sorted(sections) == sorted(rule["alert"] for rule in _alerts())
 
 
 def test_test_series_are_exposed_metrics() -> None:

@@ -81,6 +81,22 @@ def datasources() -> dict[str, dict[str, Any]]:
     return {ds["uid"]: ds for ds in config["datasources"]}
 
 
+#: Datasource types by the plugin id a datasource variable asks for.
+_PLUGINS = {"postgres": "grafana-postgresql-datasource"}
+
+
+def plugin(datasource_type: str) -> str:
+    return _PLUGINS.get(datasource_type, datasource_type)
+
+
+def source(ref: Mapping[str, Any]) -> str:
+    """The datasource variable a panel, target or query variable reads through,
+    ``${name}``: named after the provisioned datasource it defaults to."""
+    match = re.fullmatch(r"\$\{(\w+)\}", ref["uid"])
+    assert match, f"a datasource named by uid instead of through a variable: {ref}"
+    return match[1]
+
+
 def panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every panel, including those inside collapsed rows."""
     for panel in dashboard.get("panels", []):
@@ -94,7 +110,7 @@ class Query:
 
     dashboard: str  # file name
     where: str      # "panel 'Title' A" or "variable $name"
-    datasource: str  # uid
+    datasource: str  # the datasource variable, which is the provisioned uid
     text: str        # rawSql or PromQL
     fmt: str         # time_series | table (SQL); "variable" for variable queries
 
@@ -114,11 +130,11 @@ def queries(path: Path) -> list[Query]:
     for variable in dashboard.get("templating", {}).get("list", []):
         if variable.get("type") == "query":
             found.append(Query(path.name, f"variable ${variable['name']}",
-                               variable["datasource"]["uid"], _variable_text(variable),
+                               source(variable["datasource"]), _variable_text(variable),
                                "variable"))
     for panel in panels(dashboard):
         for target in panel.get("targets", []):
-            uid = (target.get("datasource") or panel["datasource"])["uid"]
+            uid = source(target.get("datasource") or panel["datasource"])
             text = target.get("rawSql") if uid == "timescaledb" else target.get("expr")
             found.append(Query(path.name, f"panel {panel['title']!r} {target.get('refId')}",
                                uid, text or "", target.get("format", "time_series")))
@@ -339,6 +355,21 @@ def test_dashboard_is_valid_for_provisioning(path: Path) -> None:
     assert board["time"] == {"from": "now-6h", "to": "now"}
     assert board["refresh"] == "30s"
 
+    # Datasources through variables, each defaulting to an input that a hand import
+    # into any Grafana asks for (provisioned, the variable falls back to the one
+    # datasource of its type that is there, the default for Prometheus).
+    chosen = {v["name"]: v for v in board["templating"]["list"] if v["type"] == "datasource"}
+    assert chosen and set(chosen) <= set(provisioned)
+    inputs = {i["name"]: i for i in board["__inputs"]}
+    assert set(inputs) == {f"DS_{name.upper()}" for name in chosen}
+    for name, variable in chosen.items():
+        assert variable["query"] == plugin(provisioned[name]["type"])
+        assert variable["current"]["value"] == f"${{DS_{name.upper()}}}"
+        wanted = inputs[f"DS_{name.upper()}"]
+        assert wanted["type"] == "datasource" and wanted["pluginId"] == variable["query"]
+    raw_uids = "|".join(provisioned)
+    assert not re.search(f'"uid": "({raw_uids})"', path.read_text())
+
     all_panels = list(panels(board))
     assert all_panels
     ids = [p["id"] for p in all_panels]
@@ -355,15 +386,15 @@ def test_dashboard_is_valid_for_provisioning(path: Path) -> None:
         if panel["type"] == "row":
             continue
         ds = panel["datasource"]
-        assert ds["uid"] in provisioned, where
-        assert ds["type"] == provisioned[ds["uid"]]["type"], where
+        assert source(ds) in chosen, where
+        assert plugin(ds["type"]) == chosen[source(ds)]["query"], where
         targets = panel["targets"]
         assert targets, where
         refs = [t.get("refId") for t in targets]
         assert all(refs) and len(set(refs)) == len(refs), where
         for target in targets:
             assert target.get("datasource", ds) == ds, where
-            if ds["uid"] == "timescaledb":
+            if source(ds) == "timescaledb":
                 assert target["rawQuery"] is True and target["rawSql"].strip(), where
                 assert target["editorMode"] == "code", where
                 assert target["format"] in ("time_series", "table"), where
@@ -375,16 +406,17 @@ def test_dashboard_is_valid_for_provisioning(path: Path) -> None:
     assert len(set(names)) == len(names)
     for variable in variables:
         if variable["type"] == "query":
-            assert variable["datasource"]["uid"] in provisioned
+            assert source(variable["datasource"]) in chosen
             assert _variable_text(variable).strip()
         if variable.get("includeAll") and variable["type"] == "query" \
-                and variable["datasource"]["uid"] == "timescaledb":
+                and source(variable["datasource"]) == "timescaledb":
             # A custom All value would reach SQL unquoted: All must list the values.
             assert not variable.get("allValue"), variable["name"]
 
     # Every variable a query uses is defined or global; every defined one is used.
     texts = [q.text for q in queries(path)]
     used = {m[1] or m[2] or m[3] for text in texts for m in _VARIABLE.finditer(text)}
+    used |= {q.datasource for q in queries(path)}
     macros = {m[1] for text in texts for m in _MACRO.finditer(text)}
     assert used - set(names) - GLOBALS - macros == set()
     assert set(names) - used == set()

@@ -6,7 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from streams.core.analysis import ANALYZER_VERSION, analyze, estimate_tokens
+from streams.core.analysis import (
+    ANALYZER_VERSION,
+    MIN_BASELINE_BATCHES,
+    analyze,
+    estimate_tokens,
+)
 from streams.core.models import (
     AnalysisRequest,
     Digest,
@@ -136,6 +141,20 @@ def test_without_history_an_elevated_error_rate_warns() -> None:
     assert result.severity is InsightSeverity.WARNING
     assert "absolute thresholds" in result.summary
     assert analyze(request(digest()), []).severity is InsightSeverity.INFO
+
+
+def test_a_new_source_at_six_percent_errors_warns_until_its_history_says_it_is_usual(
+) -> None:
+    # As the README's severity table says: no baseline yet, 5% or more warns; with
+    # MIN_BASELINE_BATCHES earlier batches at the same rate, that rate is its normal.
+    history: list[Digest] = []
+    severities = []
+    for _ in range(5):
+        batch = digest(errors=6)
+        severities.append(analyze(request(batch), history).severity)
+        history.append(batch)
+    assert severities == [InsightSeverity.WARNING] * MIN_BASELINE_BATCHES + [
+        InsightSeverity.INFO] * (5 - MIN_BASELINE_BATCHES)
 
 
 def test_tiny_latency_samples_are_not_flagged() -> None:

@@ -79,8 +79,11 @@ _VARYING = re.compile(r"\[thrd:[^\]]*\]|\[[^\]\s]*#(?:consumer|producer)-\d+\]|\
 
 class Collapse(logging.Filter):
     """Holds back warnings and errors that repeat within ``REPEAT_WINDOW_S``; the next one
-    told carries ``repeated``, how many were held back since the one before. Ours are of
-    a kind by event name; a library's by its message with what varies taken out."""
+    told carries ``repeated``, how many were held back since the one before. A kind is
+    the logger, the level and the line with what varies between repeats taken out
+    (numbers, librdkafka's client and thread names): ours by their event and fields, so
+    that a state change (a breaker opening, then closing) is not a repeat; a library's by
+    its message."""
 
     def __init__(self, window_s: float = REPEAT_WINDOW_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -107,7 +110,8 @@ class Collapse(logging.Filter):
 
 def _kind(record: logging.LogRecord) -> Hashable:
     if isinstance(record.msg, dict):  # one of ours, through structlog
-        return record.name, record.levelno, record.msg.get("event")
+        fields = sorted((k, v) for k, v in record.msg.items() if k != "timestamp")
+        return record.name, record.levelno, _VARYING.sub("#", repr(fields))
     return record.name, record.levelno, _VARYING.sub("#", record.getMessage())
 
 

@@ -68,10 +68,12 @@ async def test_a_prefixed_deployment_uses_only_its_own_topics(
     assert counts["total"] == len(traffic.invalid)
     assert counts["by_origin_topic"] == {f"{PREFIX}events": len(traffic.invalid)}
 
-    status = await asyncio.to_thread(run_cli, env, "status", "--worker",
+    status = await asyncio.to_thread(run_cli, env, "status", "--json", "--worker",
                                      f"http://127.0.0.1:{port}")
     assert status.returncode == 0, status.stderr
-    assert f"{PREFIX}events" in status.stdout and "team-a-batcher" in status.stdout
+    seen = json.loads(status.stdout)
+    assert f"{PREFIX}events" in {t["topic"] for t in seen["topics"]}
+    assert {g["group"]: g["topic"] for g in seen["lag"]}["team-a-batcher"] == f"{PREFIX}events"
 
     # The unprefixed deployment's topics got nothing.
     for topic in ("events", "analysis-requests", "insights", "dead-letter"):

@@ -6,6 +6,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from streams.core.models import Event
+from streams.core.rows import is_error
+from streams.core.schema import parse
 from streams.synthetic import TrafficGenerator, source_names
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -109,3 +112,12 @@ def test_no_invalid_messages_by_default() -> None:
 def test_bad_arguments_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         _gen(**kwargs)
+
+
+def test_the_error_share_stays_under_the_alerts_and_the_analyzers_five_percent() -> None:
+    # README: about 3.8% of the synthetic events report an error, so that the project's
+    # own traffic does not fire StreamsightErrorRateHigh (> 5%).
+    events = [parse(key, value, None, now=NOW) for key, value in _gen().batch(20_000)]
+    assert all(isinstance(e, Event) for e in events)
+    share = sum(is_error(e) for e in events if isinstance(e, Event)) / len(events)
+    assert 0.03 < share < 0.05

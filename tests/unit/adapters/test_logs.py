@@ -96,6 +96,9 @@ def test_a_repeated_failure_is_told_once_a_window_with_the_count_held_back() -> 
                               f"(after {second % 7}ms in state CONNECT)")
             ours.warning("fetch.error", code="_TRANSPORT", attempt=second)
             ours.info("fetch.assigned", partitions=[second])
+            if second in (10, 20):  # a state change is not a repeat
+                ours.warning("ai.breaker", old="closed" if second == 10 else "open",
+                             new="open" if second == 10 else "half_open")
         rdkafka.error("%s [%s] %s", "FAIL", "rdkafka#producer-1", "[thrd:main]: other failure")
     finally:
         logs.configure("WARNING", "console")
@@ -104,4 +107,6 @@ def test_a_repeated_failure_is_told_once_a_window_with_the_count_held_back() -> 
     assert [r.get("repeated") for r in fails] == [None, 299]
     assert [r.get("repeated") for r in told if r["message"] == "fetch.error"] == [None, 59]
     assert sum(r["message"] == "fetch.assigned" for r in told) == 120
+    assert [(r["old"], r["new"]) for r in told if r["message"] == "ai.breaker"] == [
+        ("closed", "open"), ("open", "half_open")]
     assert told[-1]["message"].endswith("other failure")

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from streams import config
 from streams.adapters import logs
+from streams.adapters.kafka import ensure_reachable
 from streams.adapters.lag import LagCollector, agent_groups
 from streams.adapters.lag_process import LagProcess
 from streams.ports import ensure_free
@@ -28,6 +29,9 @@ def run(settings: config.Settings) -> None:
     registry = CollectorRegistry()
     registry.register(collector)
     ensure_free(settings.lag_exporter_port, "LAG_EXPORTER_PORT")
+    # A broker that is not there at start is a deployment error, said in one line; one
+    # that goes away later is what the exporter reports (lag read failures).
+    ensure_reachable(settings.kafka_bootstrap_servers)
     server, thread = start_http_server(settings.lag_exporter_port, registry=registry)
     reader = LagProcess(settings.kafka_bootstrap_servers, groups,
                         client_id=f"{settings.app_id}-lag-exporter")

@@ -109,7 +109,8 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
             finally:
                 reader.close()
     except (KafkaException, StreamsightError) as exc:
-        problems.append(f"Kafka at {bootstrap}: {exc}")
+        said = str(exc)
+        problems.append(said if said.startswith("Kafka at ") else f"Kafka at {bootstrap}: {said}")
     counts = None
     if dead_letters and topics:
         counts = dlq.count(dlq.read(bootstrap, settings.topics.dead_letter))

@@ -26,7 +26,10 @@ from mode import Service
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    Retrying,
+    retry_if_exception,
     retry_if_exception_type,
+    stop_after_attempt,
     wait_exponential_jitter,
 )
 
@@ -41,6 +44,13 @@ log = structlog.get_logger(__name__)
 STOP_SETTLE_S = 10.0
 #: Longest a request to the broker (a commit above all) may wait for its answer.
 REQUEST_TIMEOUT_MS = 10_000
+#: Times the start offsets of newly assigned partitions are asked for.
+START_OFFSET_ATTEMPTS = 5
+
+
+def _retriable(exc: BaseException) -> bool:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(error, KafkaError) and error.retriable()
 
 
 class FetchHandler(Protocol):
@@ -324,9 +334,17 @@ class FetchLoop(Service):
             log.info("fetch.assigned", loop=self.name, partitions=sorted(starts))
 
     def _start_offsets(self, partitions: list[TopicPartition]) -> dict[int, int]:
-        """Where reading will start: the committed offset, else the log start."""
+        """Where reading will start: the committed offset, else the log start. A broker
+        that has just come back answers "not leader" for a moment: asked again, briefly,
+        before the loop gives up (and its agent restarts)."""
         if not partitions:
             return {}
+        retrying = Retrying(retry=retry_if_exception(_retriable),
+                            wait=wait_exponential_jitter(initial=0.2, max=2.0),
+                            stop=stop_after_attempt(START_OFFSET_ATTEMPTS), reraise=True)
+        return retrying(self._look_up_starts, partitions)
+
+    def _look_up_starts(self, partitions: list[TopicPartition]) -> dict[int, int]:
         starts: dict[int, int] = {}
         for tp in self._consumer.committed(partitions, timeout=30):
             if tp.offset >= 0:

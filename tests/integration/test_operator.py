@@ -94,3 +94,21 @@ def test_a_worker_without_its_broker_stops_in_one_line(
     assert result.returncode == 1, result.stdout
     assert result.stderr == (f"streamsight: Kafka at {bootstrap}: not reachable "
                              "(connection refused)\n")
+
+
+def test_a_lag_exporter_without_its_broker_stops_in_one_line() -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"
+    result = run_cli({**env_for(bootstrap), "LAG_EXPORTER_PORT": str(free_port())},
+                     "lag-exporter")
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == (f"streamsight: Kafka at {bootstrap}: not reachable "
+                             "(connection refused)\n")
+
+
+def test_status_names_an_unreachable_broker_once(migrated_database: str) -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"
+    result = run_cli({**env_for(bootstrap), "DATABASE_URL": migrated_database}, "status",
+                     "--worker", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr == (f"streamsight: Kafka at {bootstrap}: not reachable "
+                             "(connection refused)\n")

@@ -55,7 +55,6 @@ def topics_apply(
     settings = _settings()
     path = file or Path(settings.topics_file)
     specs = topics.load_topics(path, settings.topic_prefix)
-    specs.append(topics.faust_leader_topic(settings.app_id, specs))
     kafka.ensure_reachable(settings.kafka_bootstrap_servers)
     admin = kafka.make_admin(settings.kafka_bootstrap_servers)
     plan = topics.plan_topics(admin, specs)

@@ -202,15 +202,6 @@ def _normalize_policy(text: str) -> str:
     return ",".join(sorted(part.strip() for part in text.split(",") if part.strip()))
 
 
-def faust_leader_topic(app_id: str, declared: list[TopicSpec]) -> TopicSpec:
-    """The topic Faust's leader assignor subscribes every worker to. Workers never create
-    topics (production brokers do not auto-create them), so ``topics apply`` does, with
-    the replication the declared topics use."""
-    replication = max((spec.replication_factor for spec in declared), default=1)
-    return TopicSpec(f"{app_id}-__assignor-__leader", 1, replication,
-                     {"cleanup.policy": "delete", "retention.ms": "86400000"})
-
-
 def load_topics(path: Path | str, prefix: str = "") -> list[TopicSpec]:
     """Read and validate a topics file, each name behind ``prefix`` (TOPIC_PREFIX);
     ConfigError names file, line and field in one line."""

@@ -26,7 +26,7 @@ from confluent_kafka import (
 )
 
 from streams.adapters.kafka import Cluster, make_admin
-from streams.adapters.topics import apply_plan, faust_leader_topic, load_topics, plan_topics
+from streams.adapters.topics import apply_plan, load_topics, plan_topics
 from streams.embedded import start_local_broker
 from streams.synthetic import TrafficGenerator
 
@@ -51,7 +51,7 @@ def own_broker(kind: str = "tansu") -> Iterator[Broker]:
         admin = make_admin(broker.bootstrap)
         declared = load_topics(ROOT / "topics.yaml")
         # As `streamsight topics apply` does: Kafka creates no topic on first use.
-        apply_plan(admin, plan_topics(admin, [*declared, faust_leader_topic("it", declared)]))
+        apply_plan(admin, plan_topics(admin, declared))
         yield broker
     finally:
         broker.close()

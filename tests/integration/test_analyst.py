@@ -305,7 +305,12 @@ async def test_calls_in_flight_at_a_crash_are_redone_and_stay_single(
     worker = workers("crash", ai_env(fresh_broker, migrated_database, ai_server,
                                      BATCH_MAX_AGE_SECONDS="3"), BOTH)
     await asyncio.to_thread(produce, fresh_broker.bootstrap, 300, sources=3, seed=10)
-    await wait_for_log(worker, "ai.call", 3)
+
+    async def three_in_flight() -> bool:
+        # Received by the server (a logged ai.call may not have reached it yet).
+        return len(ai_server.chat_requests) >= 3
+
+    await wait_for(three_in_flight, 60, "three calls in flight", worker)
     worker.kill()
     ai_server.default = Reply.ok()
     worker.start()

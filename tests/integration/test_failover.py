@@ -22,7 +22,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from streams.adapters.kafka import make_admin
-from streams.adapters.topics import apply_plan, faust_leader_topic, load_topics, plan_topics
+from streams.adapters.topics import apply_plan, load_topics, plan_topics
 from streams.local_kafka import KafkaCluster, KafkaNode
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
@@ -53,7 +53,7 @@ def cluster() -> Iterator[KafkaCluster]:
         declared = [dataclasses.replace(spec, replication_factor=3,
                                         configs={**spec.configs, "min.insync.replicas": "2"})
                     for spec in load_topics(ROOT / "topics.yaml")]
-        apply_plan(admin, plan_topics(admin, [*declared, faust_leader_topic("it", declared)]))
+        apply_plan(admin, plan_topics(admin, declared))
         yield cluster
     finally:
         cluster.close()

@@ -44,8 +44,6 @@ class LagService(Service):
 
     async def on_stop(self) -> None:
         if self._reader is not None:
-            # The reading in flight ends first, so that its thread does not hold the exit.
-            self._reader.cancel()
             await asyncio.get_running_loop().run_in_executor(None, self._reader.close)
 
 

@@ -41,17 +41,12 @@ def resolve_agents(agents: Iterable[str] | None) -> list[str]:
 def create_app(settings: Settings, agents: Iterable[str] | None = None) -> faust.App:
     available = known_agents()
     chosen = resolve_agents(agents)
-    session_ms = settings.consumer_session_timeout_ms
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         web_port=settings.web_port,
         web_enabled=settings.web_enabled,
-        topic_replication_factor=1,
         topic_allow_declare=False,
-        broker_session_timeout=session_ms / 1000,
-        broker_heartbeat_interval=settings.consumer_heartbeat_interval_ms / 1000,
-        producer_acks=-1,
     )
     app.add_dependency(Agents([
         AgentSupervisor(name, lambda agent=available[name], **kwargs: agent(settings, **kwargs),

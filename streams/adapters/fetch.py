@@ -35,7 +35,7 @@ from tenacity import (
 
 from streams.adapters import metrics
 from streams.adapters.group_protocol import librdkafka_settings
-from streams.adapters.kafka import client_conf
+from streams.adapters.kafka import client_conf, kafka_error
 from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
@@ -49,8 +49,8 @@ START_OFFSET_ATTEMPTS = 5
 
 
 def _retriable(exc: BaseException) -> bool:
-    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-    return isinstance(error, KafkaError) and error.retriable()
+    return (isinstance(exc, KafkaException)
+            and isinstance(kafka_error(exc, "looking up offsets"), RetryableError))
 
 
 class FetchHandler(Protocol):

@@ -129,21 +129,30 @@ def kafka_error(exc: BaseException, doing: str) -> StreamsightError:
 # --- what the broker is -------------------------------------------------------------------
 
 
+def _host_port(server: str) -> tuple[str, str]:
+    host, _, port = server.strip().split("://")[-1].rpartition(":")
+    return host.strip("[]"), port
+
+
+def _reason(exc: BaseException, host: str, within_s: float) -> str:
+    """Why a connection to ``host`` failed, in a few words."""
+    if isinstance(exc, socket.gaierror | ValueError):
+        return f"no such host {host}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {within_s:g} s"
+    return str(exc) or type(exc).__name__
+
+
 def why_unreachable(bootstrap: str) -> str:
     """What stands between us and the first bootstrap server, in a few words."""
-    server = bootstrap.split(",")[0].strip().split("://")[-1]
-    host, _, port = server.rpartition(":")
-    host = host.strip("[]")
+    host, port = _host_port(bootstrap.split(",")[0])
     try:
         socket.getaddrinfo(host, int(port))
-    except (socket.gaierror, ValueError):
-        return f"no such host {host}"
-    try:
         socket.create_connection((host, int(port)), timeout=_PROBE_S).close()
-    except ConnectionRefusedError:
-        return "connection refused"
-    except OSError as exc:
-        return f"no answer within {_PROBE_S:g} s" if isinstance(exc, TimeoutError) else str(exc)
+    except (OSError, ValueError) as exc:
+        return _reason(exc, host, _PROBE_S)
     return "it does not answer as a Kafka broker"
 
 
@@ -172,8 +181,7 @@ async def unanswered(bootstrap: str, within_s: float) -> str | None:
     a watch that asks every few seconds adds no retry loop and no log line of its own."""
     why = "no server listed"
     for server in bootstrap.split(","):
-        host, _, port = server.strip().split("://")[-1].rpartition(":")
-        host = host.strip("[]")
+        host, port = _host_port(server)
         try:
             async with asyncio.timeout(within_s):
                 conn = await create_conn(host, int(port), client_id="streamsight-watch",
@@ -183,14 +191,8 @@ async def unanswered(bootstrap: str, within_s: float) -> str | None:
                 finally:
                     conn.close()
             return None
-        except TimeoutError:
-            why = f"{server.strip()}: no answer within {within_s:g} s"
-        except ConnectionRefusedError:
-            why = f"{server.strip()}: connection refused"
-        except socket.gaierror:
-            why = f"{server.strip()}: no such host {host}"
         except (OSError, ValueError, AIOKafkaError) as exc:
-            why = f"{server.strip()}: {exc or type(exc).__name__}"
+            why = f"{server.strip()}: {_reason(exc, host, within_s)}"
     return why
 
 

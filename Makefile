@@ -41,7 +41,7 @@ tools: ## install promtool and kcat (Debian's prometheus and kcat) when they are
 	fi
 
 services: venv ## make sure PostgreSQL answers and both brokers (Tansu, Apache Kafka) start
-	$(PY) -m streams.embedded check
+	$(PY) -m streams.local.embedded check
 
 test: venv tools services ## everything: unit, integration (real broker + PostgreSQL), alert rules
 	$(PY) -m pytest $(PYTEST_ARGS) -q tests/unit
@@ -67,9 +67,10 @@ else
 	@echo "no promtool rule tests yet"
 endif
 
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy and the import-linter layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy streams agents
+	$(VENV)/bin/lint-imports
 
 # BROKER=tansu, kafka (Apache Kafka, one KRaft node) or both: every bench runs on each.
 # The analyst and sink benches first, so that the batcher ratio lines stay last; all always

@@ -13,11 +13,11 @@ from streams.adapters import metrics
 from streams.adapters.batch_store import BatchHistory, BatchStatus
 from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.fetch import FetchHandler
+from streams.adapters.insights import InsightIndex
 from streams.adapters.openai import OpenAIAnalyzer, load_prices
-from streams.analyst import MAX_WAITING, Analyst, AnalystHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.retry import RetryPolicy
-from streams.reanalyze import InsightIndex
+from streams.pipeline.analyst import MAX_WAITING, Analyst, AnalystHandler
 
 log = structlog.get_logger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from agents.service import AgentService
 from streams.adapters.batch_store import BatchStore
 from streams.adapters.fetch import FetchHandler
-from streams.batcher import BatcherHandler
+from streams.pipeline.batcher import BatcherHandler
 
 
 class BatcherService(AgentService):

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from agents.service import AgentService
 from streams.adapters.copy import Row
 from streams.adapters.fetch import FetchHandler
-from streams.sinks import (
+from streams.pipeline.sinks import (
     SinkHandler,
     Split,
     array_items,

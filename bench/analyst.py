@@ -51,7 +51,7 @@ from run import (
 from streams import config
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import Insight
-from streams.embedded import (
+from streams.local.embedded import (
     create_database,
     drop_database,
     ensure_postgres,

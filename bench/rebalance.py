@@ -48,13 +48,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from streams.adapters.group_protocol import broker_has_consumer_protocol
-from streams.embedded import (
+from streams.commands.synthetic import TrafficGenerator
+from streams.local.embedded import (
     create_database,
     drop_database,
     ensure_postgres,
     start_local_broker,
 )
-from streams.synthetic import TrafficGenerator
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

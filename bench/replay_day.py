@@ -25,10 +25,12 @@ from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams import config, dlq
+from streams import config
+from streams.adapters.dlq import read
 from streams.adapters.lag import LagReader, agent_groups
-from streams.embedded import create_database, drop_database, ensure_postgres, start_broker
-from streams.synthetic import TrafficGenerator
+from streams.commands.synthetic import TrafficGenerator
+from streams.core.dlq import count
+from streams.local.embedded import create_database, drop_database, ensure_postgres, start_broker
 
 TABLES = ("batches", "insights", "ai_usage", "api_performance", "error_events")
 BIN = Path(sys.executable).parent / "streamsight"
@@ -85,8 +87,8 @@ def run_until_caught_up(env: dict[str, str], log: Path, dsn: str) -> dict[str, i
             time.sleep(2)
             lag = sum(g.messages for g in reader.read())
             now = asyncio.run(counts(dsn))
-            now["dead-letter messages"] = dlq.count(
-                dlq.read(env["KAFKA_BOOTSTRAP_SERVERS"], config.DEFAULT_TOPICS.dead_letter)).total
+            now["dead-letter messages"] = count(
+                read(env["KAFKA_BOOTSTRAP_SERVERS"], config.DEFAULT_TOPICS.dead_letter)).total
             steady = steady + 1 if (lag == 0 and now == last) else 0
             last = now
         return last

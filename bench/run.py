@@ -40,13 +40,13 @@ from confluent_kafka import Producer
 # Public names that confluent_kafka.admin re-exports without __all__.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from streams.embedded import (
+from streams.commands.synthetic import TrafficGenerator
+from streams.local.embedded import (
     create_database,
     drop_database,
     ensure_postgres,
     start_local_broker,
 )
-from streams.synthetic import TrafficGenerator
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from streams.core.models import PerformanceRow
 from streams.core.rows import chunks
-from streams.embedded import (
+from streams.local.embedded import (
     create_database,
     drop_database,
     ensure_postgres,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -29,6 +30,11 @@ topics_app = typer.Typer(
 db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(db_app, name="db")
+
+
+def _now() -> datetime:
+    """The moment ``--since 2h`` and its kind count back from."""
+    return datetime.now(UTC)
 
 
 def _settings() -> config.Settings:
@@ -108,7 +114,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run the Faust worker: every agent, or those named by --agents."""
-    from streams.worker import run_worker
+    from streams.commands.worker import run_worker
 
     chosen = [a.strip() for a in agents.split(",") if a.strip()] if agents else None
     run_worker(_settings(), chosen)
@@ -130,7 +136,7 @@ def status(
     status, dead-letter counts by reason, the latest insights."""
     from rich.console import Console
 
-    from streams import status as state
+    from streams.commands import status as state
 
     settings = _settings()
     urls = worker or [f"http://127.0.0.1:{settings.web_port}"]
@@ -149,7 +155,7 @@ def seal(
 ) -> None:
     """Seal a source's open batch now (reason: manual), through the running batcher."""
     from streams.adapters.kafka import require_topic
-    from streams.trigger import request_seal
+    from streams.commands.trigger import request_seal
 
     settings = _settings()
     require_topic(settings.kafka_bootstrap_servers, settings.topics.events)
@@ -164,7 +170,7 @@ def seal(
 def lag_exporter() -> None:
     """Serve consumer lag of every agent's group for Prometheus (LAG_EXPORTER_PORT),
     read from the broker: it needs no running worker."""
-    from streams.lag_exporter import run
+    from streams.commands.lag_exporter import run
 
     run(_settings())
 
@@ -186,7 +192,7 @@ def produce(
     """Send realistic synthetic traffic to the events topic."""
     # Imported here so other commands do not pay for loading librdkafka.
     from streams.adapters.kafka import require_topic
-    from streams.produce import produce as send_traffic
+    from streams.commands.produce import produce as send_traffic
 
     settings = _settings()
     topic = topic or settings.topics.events
@@ -221,7 +227,7 @@ def reanalyze(
 ) -> None:
     """Send stored batches back to the analysts, skipping those the current analyzer
     (OPENAI_MODEL and prompt version, or the built-in one) has analysed; shows the cost."""
-    from streams.reanalyze import run_reanalyze
+    from streams.commands.reanalyze import run_reanalyze
 
     run_reanalyze(_settings(), since, until, source, yes, dry_run)
 
@@ -231,7 +237,7 @@ def analyze(
     batch_id: Annotated[str, typer.Option("--batch-id", help="the stored batch to analyse")],
 ) -> None:
     """Analyse one stored batch now (unless the current analyzer has already)."""
-    from streams.reanalyze import run_analyze
+    from streams.commands.reanalyze import run_analyze
 
     run_analyze(_settings(), batch_id)
 
@@ -275,7 +281,7 @@ def demo(
     ] = BrokerKind.TANSU,
 ) -> None:
     """Start an embedded broker and PostgreSQL, a worker and sample traffic; print batches."""
-    from streams.demo import DemoOptions, run_demo
+    from streams.commands.demo import DemoOptions, run_demo
 
     run_demo(
         DemoOptions(
@@ -329,11 +335,12 @@ def dlq_list(
     since: _Since = None, until: _Until = None, as_json: _Json = False
 ) -> None:
     """Count dead-letter messages by reason and by origin topic."""
-    from streams import dlq
+    from streams.commands import dlq
+    from streams.core.dlq import selection
 
     settings = _settings()
     dlq.run_list(settings.kafka_bootstrap_servers, settings.topics.dead_letter,
-                 dlq.selection(since=since, until=until), as_json)
+                 selection(since=since, until=until, now=_now()), as_json)
 
 
 @dlq_app.command("show")
@@ -343,9 +350,10 @@ def dlq_show(
     as_json: _Json = False,
 ) -> None:
     """Show dead-letter messages: reason, error, field, origin, key and value."""
-    from streams import dlq
+    from streams.commands import dlq
+    from streams.core.dlq import selection
 
-    chosen = dlq.selection(reason, origin_topic, since, until, redriven)
+    chosen = selection(reason, origin_topic, since, until, redriven, now=_now())
     settings = _settings()
     dlq.run_show(settings.kafka_bootstrap_servers, settings.topics.dead_letter, chosen, limit,
                  as_json)
@@ -373,9 +381,10 @@ def dlq_redrive(
 
     Original key and value, header dlq.redrive = times sent back; dead-letter keeps all.
     """
-    from streams import dlq
+    from streams.commands import dlq
+    from streams.core.dlq import selection
 
-    chosen = dlq.selection(reason, origin_topic, since, until, redriven, offset)
+    chosen = selection(reason, origin_topic, since, until, redriven, offset, now=_now())
     settings = _settings()
     dlq.run_redrive(settings.kafka_bootstrap_servers, settings.topics.dead_letter, chosen,
                     limit, execute, as_json, every=every)
@@ -414,7 +423,7 @@ def replay_reset(
     recorded in `batches` are re-formed identically, so the sinks add no rows, and the
     analyst skips AI calls for batches whose insight is stored.
     """
-    from streams import replay
+    from streams.commands import replay
 
     target = replay.choose_target(to_datetime=to_datetime, by_duration=by_duration,
                                   to_offset=to_offset, to_earliest=to_earliest)
@@ -435,7 +444,7 @@ def replay_copy(
 ) -> None:
     """Copy a time range of messages (key, value, headers, timestamp) to another topic,
     marked with the header replay.copied-from = <topic>/<partition>/<offset>."""
-    from streams import replay
+    from streams.commands import replay
 
     replay.run_copy(_settings(), source=source, destination=destination, since=since,
                     until=until, key=key, progress=sys.stderr.isatty())

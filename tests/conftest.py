@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.adapters.db import migrate
-from streams.embedded import (
+from streams.local.embedded import (
     EmbeddedBroker,
     create_database,
     drop_database,

@@ -27,8 +27,8 @@ from confluent_kafka import (
 
 from streams.adapters.kafka import Cluster, make_admin
 from streams.adapters.topics import apply_plan, load_topics, plan_topics
-from streams.embedded import start_local_broker
-from streams.synthetic import TrafficGenerator
+from streams.commands.synthetic import TrafficGenerator
+from streams.local.embedded import start_local_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 

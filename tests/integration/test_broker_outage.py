@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.local_kafka import KafkaCluster
+from streams.local.kafka import KafkaCluster
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import ROOT, free_port, produce, wait_for, worker_env
 

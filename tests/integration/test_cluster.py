@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic, OffsetSpec  # type: ignore[attr-defined]
 
 from streams.adapters.kafka import Cluster, Quirks, make_admin, quirks
-from streams.embedded import start_local_broker
+from streams.local.embedded import start_local_broker
 from tests.integration.harness import Broker
 
 BASE_MS = 1_700_000_000_000

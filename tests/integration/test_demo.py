@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from streams.app import known_agents
-from streams.embedded import drop_database, dsn_for_database
+from agents.app import known_agents
+from streams.local.embedded import drop_database, dsn_for_database
 
 pytestmark = pytest.mark.integration
 

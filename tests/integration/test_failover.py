@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.adapters.kafka import make_admin
 from streams.adapters.topics import apply_plan, load_topics, plan_topics
-from streams.local_kafka import KafkaCluster, KafkaNode
+from streams.local.kafka import KafkaCluster, KafkaNode
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     ROOT,

@@ -39,13 +39,13 @@ from hypothesis import strategies as st
 
 from streams.adapters.batch_store import BatchHistory, BatchStatus, BatchStore
 from streams.adapters.db import migrate
-from streams.analyst import Analyst, AnalystHandler
-from streams.batcher import BatcherHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.models import AnalysisRequest, ErrorRecord, Insight, PerformanceRow
 from streams.core.retry import RetryPolicy
-from streams.embedded import create_database, drop_database
-from streams.sinks import (
+from streams.local.embedded import create_database, drop_database
+from streams.pipeline.analyst import Analyst, AnalystHandler
+from streams.pipeline.batcher import BatcherHandler
+from streams.pipeline.sinks import (
     SinkHandler,
     array_items,
     error_rows,

@@ -3,9 +3,9 @@
 - SQL: each panel query and query variable, expanded as Grafana expands it (template
   variables, then the PostgreSQL macros), runs against a migrated database filled with
   seeded synthetic traffic and returns rows. The traffic goes through the project's own
-  code: ``streams.synthetic`` events, parsed by ``streams.core.schema``, batched and
+  code: ``streams.commands.synthetic`` events, parsed by ``streams.core.schema``, batched and
   digested, analysed by the built-in analyzer, turned into rows by ``streams.core.rows``
-  and ``streams.sinks`` and written with ``CopyWriter``; no worker runs.
+  and ``streams.pipeline.sinks`` and written with ``CopyWriter``; no worker runs.
 - PromQL: each expression (and each ``label_values`` selector) parses with promtool.
 
 Variants per SQL query: the plain-PostgreSQL ``$__timeGroup`` form and the TimescaleDB
@@ -40,7 +40,7 @@ import yaml
 from streams.adapters.batch_store import BatchStore
 from streams.adapters.copy import CopyWriter
 from streams.adapters.db import migrate
-from streams.adapters.openai import analyzer_name, cost_usd
+from streams.commands.synthetic import TrafficGenerator
 from streams.core import rows as core_rows
 from streams.core.analysis import ANALYZER_VERSION, analyze, estimate_tokens
 from streams.core.digest import summarize
@@ -57,10 +57,11 @@ from streams.core.models import (
     insight_id_for,
     usage_id_for,
 )
+from streams.core.pricing import cost_usd
+from streams.core.prompt import analyzer_name
 from streams.core.schema import parse
-from streams.embedded import create_database, drop_database
-from streams.sinks import WRITERS, error_rows, insight_rows, performance_rows
-from streams.synthetic import TrafficGenerator
+from streams.local.embedded import create_database, drop_database
+from streams.pipeline.sinks import WRITERS, error_rows, insight_rows, performance_rows
 from tests.unit.test_dashboards import (
     Query,
     all_queries,

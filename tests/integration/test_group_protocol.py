@@ -18,7 +18,7 @@ import pytest
 
 from streams.adapters.group_protocol import resolve
 from streams.errors import ConfigError
-from streams.local_kafka import KafkaCluster
+from streams.local.kafka import KafkaCluster
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import Broker, Worker, run_cli, wait_for_log, worker_env
 from tests.integration.test_guarantees import (

@@ -13,10 +13,10 @@ from streams.adapters.openai import (
     CallFailed,
     InvalidOutput,
     OpenAIAnalyzer,
-    cost_usd,
-    estimate_tokens,
 )
 from streams.core.models import InsightSeverity, UsageOutcome
+from streams.core.pricing import cost_usd
+from streams.core.prompt import estimate_tokens
 from streams.errors import PermanentError, RateLimited, RetryableError
 from tests.support.ai_server import VALID_ANALYSIS, AIServer, Reply, closed_port
 from tests.support.batches import make_analysis_request

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from streams.adapters.db import migrate
-from streams.local_postgres import LocalPostgres
+from streams.local.postgres import LocalPostgres
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     Broker,

@@ -16,9 +16,9 @@ import asyncpg
 import msgspec
 from confluent_kafka import Producer
 
+from streams.commands.reanalyze import request_from_row
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import insight_id_for
-from streams.reanalyze import request_from_row
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     ROOT,

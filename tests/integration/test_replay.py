@@ -23,8 +23,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-from streams import replay
 from streams.adapters.kafka import make_admin
+from streams.commands import replay
 from tests.integration.conftest import WorkerFactory
 from tests.integration.harness import (
     ROOT,

@@ -206,7 +206,7 @@ def test_cli_dry_run_then_apply_then_no_op(
     names = [unique("cli-a"), unique("cli-b")]
     topics = write_topics(tmp_path / "topics.yaml", names)
     app_id = unique("app")
-    # Faust's leader topic is not needed: its consumer is off (streams/app.py).
+    # Faust's leader topic is not needed: its consumer is off (agents/app.py).
     leader = f"{app_id}-__assignor-__leader"
 
     dry = run_cli(broker, tmp_path, "--file", str(topics), "--dry-run", app_id=app_id)

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from streams.adapters.openai import CallFailed, CallResult
-from streams.analyst import Analyst
 from streams.core.breaker import CircuitBreaker
 from streams.core.deadletter import REDRIVE_HEADER
 from streams.core.models import AnalysisRequest, UsageOutcome
 from streams.core.retry import RetryPolicy
 from streams.errors import PermanentError
+from streams.pipeline.analyst import Analyst
 from tests.support.records import Record
 from tests.unit.test_reanalyze_analyst import AI, REQUEST, Nothing, Sent
 

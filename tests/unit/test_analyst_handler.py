@@ -10,11 +10,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from streams.analyst import Analyst, AnalystHandler
 from streams.core.breaker import CircuitBreaker
 from streams.core.models import AnalysisRequest
 from streams.core.retry import RetryPolicy
 from streams.errors import DataRejected, PermanentError
+from streams.pipeline.analyst import Analyst, AnalystHandler
 from tests.support.records import Record
 from tests.unit.test_analyst_give_up import Producer
 from tests.unit.test_reanalyze_analyst import REQUEST, Nothing

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.local_postgres import has_timescaledb, preload_timescaledb
+from streams.local.postgres import has_timescaledb, preload_timescaledb
 
 
 @pytest.mark.parametrize("libs", ["lib", "lib/postgresql"])

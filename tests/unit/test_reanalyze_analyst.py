@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from streams.adapters.openai import CallResult
-from streams.analyst import Analyst
 from streams.core.breaker import CircuitBreaker
 from streams.core.models import (
     Analysis,
@@ -17,6 +16,7 @@ from streams.core.models import (
     SealReason,
 )
 from streams.core.retry import RetryPolicy
+from streams.pipeline.analyst import Analyst
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 REQUEST = AnalysisRequest(

@@ -7,16 +7,16 @@ from datetime import UTC, datetime
 import msgspec
 
 from streams import config
-from streams.core.analysis import ANALYZER_VERSION
-from streams.core.models import Digest, LatencyStats, SealReason
-from streams.reanalyze import (
-    MAX_PROMPT_TOKENS,
+from streams.commands.reanalyze import (
     Estimate,
     Target,
     _digest_prompt_tokens,
     request_from_row,
     target,
 )
+from streams.core.analysis import ANALYZER_VERSION
+from streams.core.models import Digest, LatencyStats, SealReason
+from streams.core.prompt import MAX_PROMPT_TOKENS
 
 
 def test_target_follows_the_workers_settings() -> None:

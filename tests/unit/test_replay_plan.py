@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams import config, replay
+from streams import config
+from streams.commands import replay
 from streams.errors import ConfigError
 
 

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from streams.commands.synthetic import TrafficGenerator, source_names
 from streams.core.models import Event
 from streams.core.rows import is_error
 from streams.core.schema import parse
-from streams.synthetic import TrafficGenerator, source_names
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 

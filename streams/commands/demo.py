@@ -42,19 +42,19 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from streams import config
+from streams.commands.produce import ProduceReport
+from streams.commands.produce import produce as send_traffic
 from streams.core import analysis
 from streams.core.models import AnalysisRequest, Insight, InsightSeverity
-from streams.embedded import (
+from streams.errors import RetryableError, StreamsightError
+from streams.local.embedded import (
     EmbeddedBroker,
     create_database,
     drop_database,
     ensure_postgres,
     start_broker,
 )
-from streams.errors import RetryableError, StreamsightError
-from streams.local_kafka import KAFKA_VERSION, KafkaCluster
-from streams.produce import ProduceReport
-from streams.produce import produce as send_traffic
+from streams.local.kafka import KAFKA_VERSION, KafkaCluster
 
 # After the last event is produced, open batches seal by age; this margin covers the
 # worker's start-up and group join on top of BATCH_MAX_AGE_SECONDS.
@@ -68,12 +68,12 @@ _INSIGHT_GRACE_MODEL_S = 180.0
 # they take well under a second at the demo's volume.
 _SINK_GRACE_S = 15.0
 _SINK_POLL_S = 0.2
-# The worker's agents: every one that fills a table (streams/app.py, known_agents).
+# The worker's agents: every one that fills a table (agents/app.py, known_agents).
 _AGENTS = ("batcher", "analyst", "sink-insights", "sink-errors", "sink-performance")
 # Rows of the per-source and per-type breakdowns in the summary.
 _TOP = 5
 _WORKER_STOP_TIMEOUT_S = 45.0
-_REPO_TOPICS = Path(__file__).resolve().parents[1] / "topics.yaml"
+_REPO_TOPICS = Path(__file__).resolve().parents[2] / "topics.yaml"
 _REASON_STYLE = {"count": "green", "age": "yellow", "shutdown": "magenta", "manual": "cyan"}
 _SEVERITY_STYLE = {
     InsightSeverity.INFO: "cyan",
@@ -351,7 +351,7 @@ class Demo:
                 "[dim](set OPENAI_API_KEY to ask a model)[/]"
             )
         else:
-            from streams.adapters.openai import analyzer_name
+            from streams.core.prompt import analyzer_name
 
             env["OPENAI_API_KEY"] = settings.openai_api_key.get_secret_value()
             env["OPENAI_MODEL"] = settings.openai_model

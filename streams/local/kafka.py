@@ -1,6 +1,6 @@
 """Apache Kafka itself, for tests, ``make demo ARGS="--broker kafka"`` and ``make bench``.
 
-The broker's jars come from Maven Central (``streams/kafka.pom.xml``), copied by Maven
+The broker's jars come from Maven Central (``streams/local/kafka.pom.xml``), copied by Maven
 into a cache outside the work tree (``$XDG_CACHE_HOME/streamsight/kafka-<version>``,
 fetched once, then reused). Each node runs in KRaft combined mode (broker and controller
 in one JVM) on the machine's Java 17, on free ports of 127.0.0.1, with its log in a
@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streams.errors import PermanentError, RetryableError
-from streams.processes import terminate
+from streams.local.processes import terminate
 
 KAFKA_VERSION = "4.4.0"
 POM = Path(__file__).with_name("kafka.pom.xml")

@@ -8,7 +8,7 @@ machine's own cluster is configured, or on it running at all.
 
 ``shared_server()`` gives the one cluster that every test process, the demo and the bench
 share; it is initialised once, started when it is down, and left running (``stop`` in
-``python -m streams.embedded`` ends it). ``LocalPostgres`` alone gives a test a server of
+``python -m streams.local.embedded`` ends it). ``LocalPostgres`` alone gives a test a server of
 its own that it may stop and start.
 """
 

@@ -8,11 +8,11 @@ import gc
 import faust
 import uvloop
 
+from agents.app import create_app, resolve_agents
 from streams.adapters import group_protocol, logs
 from streams.adapters.db import migrate_and_apply_policies
-from streams.app import create_app, resolve_agents
+from streams.adapters.ports import ensure_free
 from streams.config import Settings
-from streams.ports import ensure_free
 
 
 def run_worker(settings: Settings, agents: list[str] | None) -> None:

@@ -35,17 +35,16 @@ from aiokafka.errors import KafkaError
 from streams import config
 from streams.adapters import db
 from streams.adapters.db import QUERY_ERRORS, query_error
-from streams.adapters.openai import _SYSTEM_PROMPT, analyzer_name, cost_usd
 from streams.core import times
 from streams.core.analysis import ANALYZER_VERSION
 from streams.core.models import AnalysisRequest, Digest, SealReason, insight_id_for
+from streams.core.pricing import cost_usd
+from streams.core.prompt import MAX_PROMPT_TOKENS, SYSTEM_PROMPT, analyzer_name
 from streams.errors import PermanentError, RetryableError, StreamsightError
 
 # Tokens assumed for one answer when ai_usage has no successful call of the model yet:
 # the six-key analysis is usually a few hundred tokens; the cap is MAX_COMPLETION_TOKENS.
 DEFAULT_COMPLETION_TOKENS = 500
-# The analyst's prompt cap (OpenAIAnalyzer's max_prompt_tokens default).
-MAX_PROMPT_TOKENS = 3000
 # ai_usage rows that inform the estimate.
 USAGE_WINDOW_DAYS = 30
 # Batches read per query while sending.
@@ -141,24 +140,6 @@ JOIN unnest($1::uuid[], $2::timestamptz[]) AS k(batch_id, first_event_at)
 ORDER BY b.first_event_at, b.batch_id
 """
 
-# The analyst's check before an AI call: one primary-key lookup.
-_HAS_INSIGHT = "SELECT EXISTS (SELECT 1 FROM insights WHERE insight_id = $1 AND window_start = $2)"
-
-
-class InsightIndex:
-    """Whether ``insights`` already holds the insight of (batch, analyzer)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def exists(self, batch_id: str, analyzer: str, window_start: datetime) -> bool:
-        try:
-            return bool(await self._pool.fetchval(
-                _HAS_INSIGHT, uuid.UUID(insight_id_for(batch_id, analyzer)), window_start))
-        except QUERY_ERRORS as exc:
-            raise query_error("insights table", exc) from exc
-
-
 async def _usage_average(conn: asyncpg.Connection, model: str) -> tuple[int, float, float]:
     row = await conn.fetchrow(_USAGE, model)
     assert row is not None
@@ -166,7 +147,7 @@ async def _usage_average(conn: asyncpg.Connection, model: str) -> tuple[int, flo
 
 
 def _digest_prompt_tokens(chars: int) -> int:
-    return min(MAX_PROMPT_TOKENS, (len(_SYSTEM_PROMPT) + chars) // 4 + 8)
+    return min(MAX_PROMPT_TOKENS, (len(SYSTEM_PROMPT) + chars) // 4 + 8)
 
 
 async def _estimate(

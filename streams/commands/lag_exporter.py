@@ -17,7 +17,7 @@ from streams.adapters import logs
 from streams.adapters.kafka import ensure_reachable
 from streams.adapters.lag import LagCollector, agent_groups
 from streams.adapters.lag_process import LagProcess
-from streams.ports import ensure_free
+from streams.adapters.ports import ensure_free
 
 
 def run(settings: config.Settings) -> None:

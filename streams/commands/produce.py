@@ -9,8 +9,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from streams.commands.synthetic import TrafficGenerator
 from streams.errors import RetryableError
-from streams.synthetic import TrafficGenerator
 
 # Messages generated per step; pacing and progress updates happen once per chunk.
 _CHUNK = 500

@@ -36,7 +36,7 @@ from tenacity import (
 from streams import config
 from streams.adapters import metrics
 from streams.adapters.budget import DailySpend, GlobalBudget
-from streams.adapters.openai import PRICES, CallFailed, CallResult, cost_usd
+from streams.adapters.openai import CallFailed, CallResult
 from streams.core import analysis, deadletter
 from streams.core.breaker import BreakerState, CircuitBreaker
 from streams.core.ingest import Record, unprocessable
@@ -53,6 +53,7 @@ from streams.core.models import (
     insight_id_for,
     usage_id_for,
 )
+from streams.core.pricing import PRICES, cost_usd
 from streams.core.retry import RetryPolicy
 from streams.core.storable import request_problem
 from streams.errors import DataRejected, PermanentError, RetryableError

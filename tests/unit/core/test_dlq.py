@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams import dlq
+from streams.core import dlq
 from streams.errors import ConfigError
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)

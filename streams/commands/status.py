@@ -20,10 +20,12 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from streams import config, dlq
+from streams import config
+from streams.adapters import dlq
 from streams.adapters.kafka import Cluster
 from streams.adapters.lag import GroupLag, LagReader, agent_groups
 from streams.adapters.metrics import BREAKER_STATES
+from streams.core.dlq import Counts, count
 from streams.errors import StreamsightError
 
 _BREAKER_NAMES = {v: k for k, v in BREAKER_STATES.items()}
@@ -45,7 +47,7 @@ class Status:
     lag: list[GroupLag]
     workers: list[WorkerView]
     batches: dict[str, int]
-    dead_letters: dlq.Counts | None
+    dead_letters: Counts | None
     insights: list[dict[str, Any]]
     problems: list[str]
 
@@ -113,7 +115,7 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
         problems.append(said if said.startswith("Kafka at ") else f"Kafka at {bootstrap}: {said}")
     counts = None
     if dead_letters and topics:
-        counts = dlq.count(dlq.read(bootstrap, settings.topics.dead_letter))
+        counts = count(dlq.read(bootstrap, settings.topics.dead_letter))
     statuses: dict[str, int] = {}
     latest: list[dict[str, Any]] = []
     try:

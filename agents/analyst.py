@@ -42,7 +42,7 @@ class AnalystService(AgentService):
             budget = GlobalBudget(self.pool, s.ai_requests_per_minute, s.ai_tokens_per_minute)
             spend = DailySpend(self.pool, s.ai_budget_usd_per_day)
         analyst = Analyst(
-            producer=self.producer,
+            publisher=self.publisher,
             history=BatchHistory(self.pool),
             statuses=BatchStatus(self.pool),
             ai=self.ai,
@@ -61,7 +61,7 @@ class AnalystService(AgentService):
             "breaker": self.breaker.state.value,
             "consecutive_failures": self.breaker.consecutive_failures,
         })
-        return AnalystHandler(analyst, self.producer, s.ai_max_concurrency), MAX_WAITING
+        return AnalystHandler(analyst, analyst.publisher, s.ai_max_concurrency), MAX_WAITING
 
     async def on_shutdown(self) -> None:
         if self.ai is not None:

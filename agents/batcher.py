@@ -15,7 +15,7 @@ class BatcherService(AgentService):
         s = self.settings
         handler = BatcherHandler(
             store=BatchStore(self.pool),
-            producer=self.producer,
+            publisher=self.publisher,
             max_events=s.batch_max_events,
             max_age_seconds=s.batch_max_age_seconds,
             max_event_bytes=s.max_event_bytes,

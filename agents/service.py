@@ -1,4 +1,4 @@
-"""What every agent has: a database pool, a producer and a FetchLoop over its topic."""
+"""What every agent has: a database pool, a publisher and a FetchLoop over its topic."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import time
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from mode import Service
 
 from agents import web
 from streams import config
 from streams.adapters.fetch import FetchHandler, FetchLoop
+from streams.adapters.publish import Publisher
 
 
 class AgentService(Service):
-    """Owns an agent's pool and producer, which outlive its FetchLoop child: the loop
+    """Owns an agent's pool and publisher, which outlive its FetchLoop child: the loop
     settles through them while it stops."""
 
     #: Short name: consumer group ``<APP_ID>-<name>``, log field ``loop``.
@@ -25,7 +25,7 @@ class AgentService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self._pool: asyncpg.Pool | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
         self.fetch: FetchLoop | None = None
 
     @property
@@ -39,9 +39,9 @@ class AgentService(Service):
         return self._pool
 
     @property
-    def producer(self) -> AIOKafkaProducer:
-        assert self._producer is not None, "started"
-        return self._producer
+    def publisher(self) -> Publisher:
+        assert self._publisher is not None, "started"
+        return self._publisher
 
     async def build_handler(self) -> tuple[FetchHandler, int]:
         """The handler for the FetchLoop and the most messages it takes per fetch."""
@@ -50,15 +50,8 @@ class AgentService(Service):
     async def on_start(self) -> None:
         s = self.settings
         self._pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=4)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
-            client_id=f"{s.app_id}-{self.agent}",
-            acks="all",
-            # Each settle sends its whole output at once and waits for it: no lingering.
-            linger_ms=0,
-            max_batch_size=1024 * 1024,
-        )
-        await self._producer.start()
+        self._publisher = await Publisher.start(s.kafka_bootstrap_servers,
+                                                f"{s.app_id}-{self.agent}")
         handler, max_records = await self.build_handler()
         fetch = FetchLoop(
             name=self.agent,
@@ -103,7 +96,7 @@ class AgentService(Service):
         })
 
     async def on_shutdown(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._publisher is not None:
+            await self._publisher.stop()
         if self._pool is not None:
             await self._pool.close()

@@ -27,7 +27,7 @@ class SinkService(AgentService):
         raise NotImplementedError
 
     async def build_handler(self) -> tuple[FetchHandler, int]:
-        handler = SinkHandler(self.topic, self.rows_of, self.split, self.pool, self.producer,
+        handler = SinkHandler(self.topic, self.rows_of, self.split, self.pool, self.publisher,
                               self.settings.topics.dead_letter)
         return handler, self.settings.consumer_max_records
 

@@ -23,9 +23,6 @@ from typing import Protocol
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from confluent_kafka import Message
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -37,6 +34,7 @@ from streams import config
 from streams.adapters import metrics
 from streams.adapters.budget import DailySpend, GlobalBudget
 from streams.adapters.openai import CallFailed, CallResult
+from streams.adapters.publish import Publisher, Send
 from streams.core import analysis, deadletter
 from streams.core.breaker import BreakerState, CircuitBreaker
 from streams.core.ingest import Record, unprocessable
@@ -102,7 +100,7 @@ class Analyst:
     def __init__(
         self,
         *,
-        producer: AIOKafkaProducer,
+        publisher: Publisher,
         history: History,
         statuses: Statuses,
         ai: AIClient | None,
@@ -117,7 +115,7 @@ class Analyst:
         insights: Insights | None = None,
         topics: config.Topics = config.DEFAULT_TOPICS,
     ) -> None:
-        self.producer = producer
+        self.publisher = publisher
         self.topics = topics
         self.insights = insights
         self.history = history
@@ -306,8 +304,8 @@ class Analyst:
             created_at=datetime.fromtimestamp(self.clock(), UTC),
             usage=usage,
         )
-        await (await self.producer.send(self.topics.insights, _encode(insight),
-                                         key=request.key.encode()))
+        await self.publisher.publish([
+            Send(self.topics.insights, _encode(insight), request.key.encode())])
         await self.statuses.set(request.batch_id, request.first_event_at, "ANALYZED")
         metrics.INSIGHTS.labels(analyzer, result.severity.value).inc()
         log.info("insight.published", batch_id=request.batch_id,
@@ -331,13 +329,11 @@ class Analyst:
                              type=Reason.AI_FAILED.value,
                              message=f"analysis failed after {attempts} attempts: {error}",
                              batch_id=request.batch_id, usage=usage)
-        sent = [
-            await self.producer.send(self.topics.dead_letter, _encode(request),
-                                     key=request.key.encode(), headers=headers),
-            await self.producer.send(self.topics.errors, _encode([record]),
-                                     key=request.key.encode()),
-        ]
-        await asyncio.gather(*sent)
+        key = request.key.encode()
+        await self.publisher.publish([
+            Send(self.topics.dead_letter, _encode(request), key, headers),
+            Send(self.topics.errors, _encode([record]), key),
+        ])
         metrics.DEAD_LETTERS.labels(Reason.AI_FAILED.value).inc()
         await self.statuses.set(request.batch_id, request.first_event_at, status)
         log.error("ai.gave_up", batch_id=request.batch_id, attempts=attempts, error=error,
@@ -352,9 +348,9 @@ def _log_retry(state: RetryCallState) -> None:
 class AnalystHandler:
     """FetchLoop handler over ``analysis-requests``: requests become tasks."""
 
-    def __init__(self, analyst: Analyst, producer: AIOKafkaProducer, concurrency: int) -> None:
+    def __init__(self, analyst: Analyst, publisher: Publisher, concurrency: int) -> None:
         self.analyst = analyst
-        self.producer = producer
+        self.publisher = publisher
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[int, dict[int, asyncio.Task[None]]] = {}
@@ -375,14 +371,14 @@ class AnalystHandler:
                 self._cancelled.append(task)
             self._position.pop(partition, None)
 
-    def records(self, partition: int, records: list[Message], now: float) -> None:
+    def records(self, partition: int, records: Sequence[Record], now: float) -> None:
         tasks = self._tasks[partition]
         for message in records:
             offset: int = message.offset()  # type: ignore[assignment]
             tasks[offset] = asyncio.get_running_loop().create_task(self._run(message))
             self._position[partition] = offset + 1
 
-    async def _run(self, message: Message) -> None:
+    async def _run(self, message: Record) -> None:
         """Analyse one message; whatever in it makes that fail sends it to dead-letter.
 
         What does not lie in the message is raised: the database or broker away is
@@ -404,16 +400,16 @@ class AnalystHandler:
                 await self._analyze(request, message)
             except DataRejected as exc:
                 await self._dead_letter(message, Rejection(Reason.DB_REJECTED, exc.detail))
-            except (RetryableError, PermanentError, KafkaError, asyncio.CancelledError):
+            except (RetryableError, PermanentError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - one request must not stop the others
                 await self._dead_letter(message, unprocessable(exc))
 
-    async def _analyze(self, request: AnalysisRequest, message: Message) -> None:
+    async def _analyze(self, request: AnalysisRequest, message: Record) -> None:
         # The database or broker away for a while: the request waits and tries again
         # (a call it already made may be made again; the insight id stays the same).
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((RetryableError, KafkaError)),
+            retry=retry_if_exception_type(RetryableError),
             wait=wait_exponential_jitter(multiplier=0.5, max=30.0),
             before_sleep=_log_retry,
             reraise=True,
@@ -421,11 +417,11 @@ class AnalystHandler:
             with attempt:
                 await self.analyst.analyze(request, message)
 
-    async def _dead_letter(self, message: Message, rejection: Rejection) -> None:
+    async def _dead_letter(self, message: Record, rejection: Rejection) -> None:
         topics = self.analyst.topics
         headers = deadletter.headers(rejection, topics.analysis_requests, message)
-        await (await self.producer.send(topics.dead_letter, message.value(),
-                                         key=message.key(), headers=headers))
+        await self.publisher.publish([
+            Send(topics.dead_letter, message.value(), message.key(), headers)])
         reason = rejection.reason.value
         metrics.DEAD_LETTERS.labels(reason).inc()
         if reason not in self._reasons_logged:

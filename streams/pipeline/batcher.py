@@ -9,24 +9,20 @@ with acks=all, and only then names the offsets to commit.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import msgspec
 import structlog
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from confluent_kafka import Message
 
 from streams import config
 from streams.adapters import metrics
 from streams.adapters.batch_store import BatchStore
+from streams.adapters.publish import Publisher, Send
 from streams.core import deadletter
 from streams.core.batching import Batcher
-from streams.core.ingest import Output, ingest
+from streams.core.ingest import Output, Record, ingest
 from streams.core.models import Reason, SealReason
 from streams.core.rows import chunks, error_record
-from streams.errors import RetryableError
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +34,7 @@ class BatcherHandler:
         self,
         *,
         store: BatchStore,
-        producer: AIOKafkaProducer,
+        publisher: Publisher,
         max_events: int,
         max_age_seconds: float,
         max_event_bytes: int,
@@ -48,7 +44,7 @@ class BatcherHandler:
         self.topic = topic = topics.events
         self.topics = topics
         self.store = store
-        self.producer = producer
+        self.publisher = publisher
         self.max_event_bytes = max_event_bytes
         self._out = Output()
         self._duplicates_logged = 0
@@ -67,7 +63,7 @@ class BatcherHandler:
         for partition in partitions:
             self.batcher.revoke(partition)
 
-    def records(self, partition: int, records: list[Message], now: float) -> None:
+    def records(self, partition: int, records: Sequence[Record], now: float) -> None:
         ingest(self.batcher, partition, records, now, self.max_event_bytes, self._out)
         self._consumed.inc(len(records))
 
@@ -86,10 +82,7 @@ class BatcherHandler:
         if out.sealed or out.rejected or out.performance or out.errors:
             # The row is the seal decision: write it before anyone can see the batch.
             await self.store.record(out.sealed)
-            try:
-                await self._publish(out)
-            except KafkaError as exc:
-                raise RetryableError(f"publishing to Kafka failed: {exc}") from exc
+            await self.publisher.publish(self._messages(out))
             self._out = Output()
             _account(out, self._reasons_logged)
         metrics.OPEN_BATCHES.set(self.batcher.open_batches())
@@ -100,24 +93,19 @@ class BatcherHandler:
             self._duplicates_logged = self.batcher.duplicates
         return {p: self.batcher.commit_offset(p) for p in self.batcher.partitions}
 
-    async def _publish(self, out: Output) -> None:
-        send = self.producer.send
-        pending = []
+    def _messages(self, out: Output) -> Iterator[Send]:
+        topics = self.topics
         for record, rejection in out.rejected:
-            headers = deadletter.headers(rejection, self.topic, record)
-            pending.append(await send(self.topics.dead_letter, record.value(),
-                                      key=record.key(), headers=headers))
+            yield Send(topics.dead_letter, record.value(), record.key(),
+                       deadletter.headers(rejection, self.topic, record))
         for request in out.sealed:
-            pending.append(await send(self.topics.analysis_requests, _encode(request),
-                                      key=request.key.encode()))
+            yield Send(topics.analysis_requests, _encode(request), request.key.encode())
         # Rows need no key (each names its source) and no order: unkeyed messages
         # spread over the partitions, and the sinks write them in any order.
         errors = [error_record(event, batch_id) for event, batch_id in out.errors]
-        for topic, rows in ((self.topics.performance, out.performance),
-                            (self.topics.errors, errors)):
+        for topic, rows in ((topics.performance, out.performance), (topics.errors, errors)):
             for chunk in chunks(rows):
-                pending.append(await send(topic, _encode(chunk)))
-        await asyncio.gather(*pending)
+                yield Send(topic, _encode(chunk))
 
 
 def _account(out: Output, reasons_logged: set[str]) -> None:

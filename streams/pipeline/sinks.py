@@ -24,8 +24,6 @@ from uuid import UUID
 import asyncpg
 import msgspec
 import structlog
-from aiokafka import AIOKafkaProducer
-from confluent_kafka import Message
 from msgspec.structs import astuple
 
 from streams import config
@@ -33,7 +31,9 @@ from streams.adapters import metrics
 from streams.adapters.copy import CopyWriter, Row, Written
 from streams.adapters.db import QUERY_ERRORS, query_error
 from streams.adapters.late_rows import LateRows
+from streams.adapters.publish import Publisher, Send
 from streams.core import deadletter
+from streams.core.ingest import Record
 from streams.core.models import (
     AIUsage,
     ErrorRecord,
@@ -130,19 +130,19 @@ class SinkHandler:
     """One topic into its tables."""
 
     def __init__(self, topic: str, rows_of: RowsOf, split: Split, pool: asyncpg.Pool,
-                 producer: AIOKafkaProducer, dead_letter: str = config.DEFAULT_TOPICS.dead_letter,
+                 publisher: Publisher, dead_letter: str = config.DEFAULT_TOPICS.dead_letter,
                  ) -> None:
         self.topic = topic
         self.dead_letter = dead_letter
         self.rows_of = rows_of
         self.split = split
         self.pool = pool
-        self.producer = producer
+        self.publisher = publisher
         self._rows: dict[str, list[Row]] = {}
         # The messages whose rows are in ``_rows``, in order: refused rows are traced back
         # to them (only then, so the hot path keeps no per-row bookkeeping).
-        self._sources: list[Message] = []
-        self._rejected: list[tuple[bytes | None, Message, Rejection, list[tuple[str, bytes]]]]
+        self._sources: list[Record] = []
+        self._rejected: list[tuple[bytes | None, Record, Rejection, list[tuple[str, bytes]]]]
         self._rejected = []
         self._position: dict[int, int] = {}
         self._duration = metrics.SINK_WRITE_DURATION.labels(topic)
@@ -156,7 +156,7 @@ class SinkHandler:
         for partition in partitions:
             self._position.pop(partition, None)
 
-    def records(self, partition: int, records: list[Message], now: float) -> None:
+    def records(self, partition: int, records: Sequence[Record], now: float) -> None:
         rows = self._rows
         for message in records:
             try:
@@ -172,7 +172,7 @@ class SinkHandler:
         if records:
             self._position[partition] = (records[-1].offset() or 0) + 1
 
-    def _reject(self, value: bytes | None, message: Message, rejection: Rejection,
+    def _reject(self, value: bytes | None, message: Record, rejection: Rejection,
                 extra: list[tuple[str, bytes]] | None = None) -> None:
         self._rejected.append((value, message, rejection, extra or []))
 
@@ -240,13 +240,10 @@ class SinkHandler:
                             rows=sum(r == reason for r in by_row.values()), reason=reason)
 
     async def _dead_letter(self) -> None:
-        sent = []
-        for value, message, rejection, extra in self._rejected:
-            headers = deadletter.headers(rejection, self.topic, message) + extra
-            sent.append(await self.producer.send(self.dead_letter, value,
-                                                 key=message.key(), headers=headers))
-        for future in sent:
-            await future
+        await self.publisher.publish(
+            Send(self.dead_letter, value, message.key(),
+                 deadletter.headers(rejection, self.topic, message) + extra)
+            for value, message, rejection, extra in self._rejected)
         for _value, _message, rejection, _extra in self._rejected:
             metrics.DEAD_LETTERS.labels(rejection.reason.value).inc()
         self._rejected = []

@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from streams.adapters.batch_store import BatchHistory, BatchStatus, BatchStore
 from streams.adapters.db import migrate
+from streams.adapters.publish import Publisher
 from streams.core.breaker import CircuitBreaker
 from streams.core.models import AnalysisRequest, ErrorRecord, Insight, PerformanceRow
 from streams.core.retry import RetryPolicy
@@ -303,7 +304,7 @@ def stubs(partition: int, drawn: list[Any]) -> list[Record]:
 
 
 def test_the_batcher_batches_or_dead_letters_whatever_arrives(rig: Rig) -> None:
-    handler = BatcherHandler(store=BatchStore(rig.pool), producer=rig.producer,
+    handler = BatcherHandler(store=BatchStore(rig.pool), publisher=Publisher(rig.producer),
                              max_events=5, max_age_seconds=600, max_event_bytes=4096)
     seen: list[tuple[int, int, int]] = []  # (partition, records, batched + duplicates)
 
@@ -345,10 +346,10 @@ def test_the_batcher_batches_or_dead_letters_whatever_arrives(rig: Rig) -> None:
 
 
 def test_the_analyst_answers_or_dead_letters_whatever_arrives(rig: Rig) -> None:
-    analyst = Analyst(producer=rig.producer, history=BatchHistory(rig.pool),
+    analyst = Analyst(publisher=Publisher(rig.producer), history=BatchHistory(rig.pool),
                       statuses=BatchStatus(rig.pool), ai=None, budget=None, spend=None,
                       breaker=CircuitBreaker(5, 600), policy=RetryPolicy(5))
-    handler = AnalystHandler(analyst, rig.producer, 4)
+    handler = AnalystHandler(analyst, analyst.publisher, 4)
     sent: list[Record] = []
 
     @SETTINGS
@@ -425,7 +426,7 @@ async def stored(pool: asyncpg.Pool, rows_of: Callable[[bytes], Any], value: byt
 def test_a_sink_writes_or_dead_letters_whatever_arrives(
         rig: Rig, topic: str, rows_of: Callable[[bytes], Any],
         split: Callable[[bytes], list[bytes]]) -> None:
-    handler = SinkHandler(topic, rows_of, split, rig.pool, rig.producer)
+    handler = SinkHandler(topic, rows_of, split, rig.pool, Publisher(rig.producer))
     sent: list[Record] = []
 
     @SETTINGS

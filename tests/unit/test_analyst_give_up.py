@@ -3,8 +3,6 @@ with the redrive count that message carried."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from streams.adapters.openai import CallFailed, CallResult
 from streams.core.breaker import CircuitBreaker
 from streams.core.deadletter import REDRIVE_HEADER
@@ -12,17 +10,9 @@ from streams.core.models import AnalysisRequest, UsageOutcome
 from streams.core.retry import RetryPolicy
 from streams.errors import PermanentError
 from streams.pipeline.analyst import Analyst
+from tests.support.publisher import RecordingPublisher
 from tests.support.records import Record
-from tests.unit.test_reanalyze_analyst import AI, REQUEST, Nothing, Sent
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, bytes]]] = []
-
-    async def send(self, topic: str, value: bytes, **kwargs: Any) -> Sent:
-        self.sent.append((topic, dict(kwargs.get("headers") or [])))
-        return Sent()
+from tests.unit.test_reanalyze_analyst import AI, REQUEST, Nothing
 
 
 class Refusing(AI):
@@ -33,15 +23,15 @@ class Refusing(AI):
 
 
 async def test_give_up_names_the_origin_and_keeps_the_redrive_count() -> None:
-    producer = Producer()
-    analyst = Analyst(producer=producer, history=Nothing(), statuses=Nothing(),
+    publisher = RecordingPublisher()
+    analyst = Analyst(publisher=publisher, history=Nothing(), statuses=Nothing(),
                       ai=Refusing(), budget=None, spend=None, breaker=CircuitBreaker(5, 60),
                       policy=RetryPolicy(3))
     origin = Record(41, b"checkout", b"{}", [(REDRIVE_HEADER, b"2")], partition_=3,
                     timestamp_ms=1_700_000_000_000)
     await analyst.analyze(REQUEST, origin)
 
-    [headers] = [h for t, h in producer.sent if t == "dead-letter"]
+    [headers] = publisher.headers("dead-letter")
     assert headers["dlq.reason"] == b"ai_failed"
     assert (headers["dlq.origin.topic"], headers["dlq.origin.partition"],
             headers["dlq.origin.offset"]) == (b"analysis-requests", b"3", b"41")

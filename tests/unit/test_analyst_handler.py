@@ -15,8 +15,8 @@ from streams.core.models import AnalysisRequest
 from streams.core.retry import RetryPolicy
 from streams.errors import DataRejected, PermanentError
 from streams.pipeline.analyst import Analyst, AnalystHandler
+from tests.support.publisher import RecordingPublisher
 from tests.support.records import Record
-from tests.unit.test_analyst_give_up import Producer
 from tests.unit.test_reanalyze_analyst import REQUEST, Nothing
 
 _encode = msgspec.json.Encoder().encode
@@ -34,14 +34,16 @@ class Picky(Analyst):
         self.done.append(request.key)
 
 
-def handler_with(failures: dict[str, BaseException]) -> tuple[AnalystHandler, Producer, Picky]:
-    producer = Producer()
-    analyst = Picky(producer=producer, history=Nothing(), statuses=Nothing(), ai=None,
+def handler_with(
+    failures: dict[str, BaseException],
+) -> tuple[AnalystHandler, RecordingPublisher, Picky]:
+    publisher = RecordingPublisher()
+    analyst = Picky(publisher=publisher, history=Nothing(), statuses=Nothing(), ai=None,
                     budget=None, spend=None, breaker=CircuitBreaker(5, 60),
                     policy=RetryPolicy(3))
     analyst.failures = failures
     analyst.done = []  # type: ignore[attr-defined]
-    return AnalystHandler(analyst, producer, 2), producer, analyst
+    return AnalystHandler(analyst, publisher, 2), publisher, analyst
 
 
 def request_from(key: str) -> bytes:
@@ -58,7 +60,7 @@ async def settled(handler: AnalystHandler, until: int) -> dict[int, int]:
 
 
 async def test_a_request_that_makes_analysis_raise_costs_only_itself() -> None:
-    handler, producer, analyst = handler_with({
+    handler, publisher, analyst = handler_with({
         "buggy": ZeroDivisionError("division by zero"),
         "refused": DataRejected("writing batches: value out of range", "value out of range"),
     })
@@ -70,16 +72,16 @@ async def test_a_request_that_makes_analysis_raise_costs_only_itself() -> None:
     assert await settled(handler, 4) == {0: 4}
     assert analyst.done == ["a", "b"]  # type: ignore[attr-defined]
     reasons = {h["dlq.origin.offset"]: (h["dlq.reason"], h["dlq.error"])
-               for topic, h in producer.sent if topic == "dead-letter"}
+               for h in publisher.headers("dead-letter")}
     assert reasons == {b"1": (b"unprocessable", b"ZeroDivisionError: division by zero"),
                        b"2": (b"db_rejected", b"value out of range")}
 
 
 async def test_a_fault_outside_the_request_stops_the_agent() -> None:
-    handler, producer, _ = handler_with({"a": PermanentError("relation insights is gone")})
+    handler, publisher, _ = handler_with({"a": PermanentError("relation insights is gone")})
     await handler.assigned({0: 0})
     handler.records(0, [Record(0, b"a", request_from("a"))], 0.0)  # type: ignore[list-item]
 
     with pytest.raises(PermanentError, match="gone"):
         await settled(handler, 1)
-    assert producer.sent == []
+    assert publisher.sent == []

@@ -4,7 +4,6 @@ already costs nothing (a redrive, a replay, a re-sent batch)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from streams.adapters.openai import CallResult
 from streams.core.breaker import CircuitBreaker
@@ -17,6 +16,7 @@ from streams.core.models import (
 )
 from streams.core.retry import RetryPolicy
 from streams.pipeline.analyst import Analyst
+from tests.support.publisher import RecordingPublisher
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 REQUEST = AnalysisRequest(
@@ -29,20 +29,6 @@ REQUEST = AnalysisRequest(
 )
 ANALYSIS = Analysis(summary="fine", severity=InsightSeverity.INFO, confidence=0.9,
                     patterns=[], anomalies=[], recommendations=[])
-
-
-class Sent:
-    def __await__(self) -> Any:
-        return iter(())
-
-
-class Producer:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def send(self, topic: str, value: bytes, **_: Any) -> Sent:
-        self.sent.append(topic)
-        return Sent()
 
 
 class AI:
@@ -79,26 +65,26 @@ class Nothing:
         return None
 
 
-def analyst(ai: AI, producer: Producer, insights: Insights | None) -> Analyst:
-    return Analyst(producer=producer, history=Nothing(), statuses=Nothing(), ai=ai,
+def analyst(ai: AI, publisher: RecordingPublisher, insights: Insights | None) -> Analyst:
+    return Analyst(publisher=publisher, history=Nothing(), statuses=Nothing(), ai=ai,
                    budget=None, spend=None, breaker=CircuitBreaker(5, 60),
                    policy=RetryPolicy(3), insights=insights)
 
 
 async def test_a_stored_insight_skips_the_call() -> None:
-    ai, producer, insights = AI(), Producer(), Insights(stored=True)
-    await analyst(ai, producer, insights).analyze(REQUEST)
-    assert ai.calls == 0 and producer.sent == []
+    ai, publisher, insights = AI(), RecordingPublisher(), Insights(stored=True)
+    await analyst(ai, publisher, insights).analyze(REQUEST)
+    assert ai.calls == 0 and publisher.sent == []
     assert insights.asked == [(REQUEST.batch_id, AI.name, T0)]
 
 
 async def test_no_stored_insight_calls_and_publishes() -> None:
-    ai, producer = AI(), Producer()
-    await analyst(ai, producer, Insights(stored=False)).analyze(REQUEST)
-    assert ai.calls == 1 and producer.sent == ["insights"]
+    ai, publisher = AI(), RecordingPublisher()
+    await analyst(ai, publisher, Insights(stored=False)).analyze(REQUEST)
+    assert ai.calls == 1 and publisher.topics() == ["insights"]
 
 
 async def test_without_an_index_every_request_is_called() -> None:
-    ai, producer = AI(), Producer()
-    await analyst(ai, producer, None).analyze(REQUEST)
+    ai, publisher = AI(), RecordingPublisher()
+    await analyst(ai, publisher, None).analyze(REQUEST)
     assert ai.calls == 1

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 
 from agents import web
+from agents.registry import Agent
 from agents.service import AgentService
 from streams import config
 from streams.adapters import metrics
@@ -23,10 +24,8 @@ log = structlog.get_logger(__name__)
 
 
 class AnalystService(AgentService):
-    agent = "analyst"
-
-    def __init__(self, settings: config.Settings, **kwargs: Any) -> None:
-        super().__init__(settings, **kwargs)
+    def __init__(self, settings: config.Settings, declared: Agent, **kwargs: Any) -> None:
+        super().__init__(settings, declared, **kwargs)
         # Read here, before the worker starts: a bad price table is a one-line error.
         self.prices = load_prices(settings.openai_prices)
         self.breaker = CircuitBreaker(settings.circuit_failure_threshold,

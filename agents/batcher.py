@@ -9,8 +9,6 @@ from streams.pipeline.batcher import BatcherHandler
 
 
 class BatcherService(AgentService):
-    agent = "batcher"
-
     async def build_handler(self) -> tuple[FetchHandler, int]:
         s = self.settings
         handler = BatcherHandler(

@@ -12,6 +12,7 @@ import faust
 from mode import Service
 
 from agents import web
+from agents.registry import topics_read
 from streams import config
 from streams.adapters.lag import agent_groups
 from streams.adapters.lag_process import LagProcess
@@ -30,7 +31,7 @@ class LagService(Service):
     async def on_start(self) -> None:
         s = self.settings
         self._reader = LagProcess(s.kafka_bootstrap_servers,
-                                  agent_groups(s.app_id, s.topics.of_agents()),
+                                  agent_groups(s.app_id, topics_read(s.topics)),
                                   f"{s.app_id}-lag")
         web.report("lag", LAG.summary)
 

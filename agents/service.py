@@ -9,6 +9,7 @@ import asyncpg
 from mode import Service
 
 from agents import web
+from agents.registry import Agent
 from streams import config
 from streams.adapters.fetch import FetchHandler, FetchLoop
 from streams.adapters.publish import Publisher
@@ -18,20 +19,16 @@ class AgentService(Service):
     """Owns an agent's pool and publisher, which outlive its FetchLoop child: the loop
     settles through them while it stops."""
 
-    #: Short name: consumer group ``<APP_ID>-<name>``, log field ``loop``.
-    agent: str
-
-    def __init__(self, settings: config.Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: config.Settings, declared: Agent, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        #: Short name: consumer group ``<APP_ID>-<name>``, log field ``loop``.
+        self.agent = declared.name
+        #: The topic the agent reads.
+        self.topic = declared.topic(settings.topics)
         self._pool: asyncpg.Pool | None = None
         self._publisher: Publisher | None = None
         self.fetch: FetchLoop | None = None
-
-    @property
-    def topic(self) -> str:
-        """The topic the agent reads."""
-        return self.settings.topics.of_agents()[self.agent]
 
     @property
     def pool(self) -> asyncpg.Pool:

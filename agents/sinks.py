@@ -33,7 +33,6 @@ class SinkService(AgentService):
 
 
 class InsightSink(SinkService):
-    agent = "sink-insights"
     split = staticmethod(one_record)
 
     def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
@@ -41,14 +40,12 @@ class InsightSink(SinkService):
 
 
 class ErrorSink(SinkService):
-    agent = "sink-errors"
 
     def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
         return error_rows(value)
 
 
 class PerformanceSink(SinkService):
-    agent = "sink-performance"
 
     def rows_of(self, value: bytes) -> Iterable[tuple[str, Row]]:
         return performance_rows(value)

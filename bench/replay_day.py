@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.registry import topics_read
 from streams import config
 from streams.adapters.dlq import read
 from streams.adapters.lag import LagReader, agent_groups
@@ -75,7 +76,7 @@ def run_until_caught_up(env: dict[str, str], log: Path, dsn: str) -> dict[str, i
         worker = subprocess.Popen([str(BIN), "worker"], env=env, stdout=out,
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     reader = LagReader(env["KAFKA_BOOTSTRAP_SERVERS"],
-                       agent_groups(env["APP_ID"], config.DEFAULT_TOPICS.of_agents()),
+                       agent_groups(env["APP_ID"], topics_read(config.DEFAULT_TOPICS)),
                        client_id="replay-day")
     try:
         last: dict[str, int] = {}

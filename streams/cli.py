@@ -123,6 +123,21 @@ def worker(
 _Json = Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table")]
 
 
+@app.command("agents")
+def agents_list(as_json: _Json = False) -> None:
+    """The agents a worker runs: topic, consumer group, concurrency (installed plugins too)."""
+    from rich.console import Console
+
+    from streams.commands import agent_list
+
+    settings = _settings()
+    found = agent_list.rows(settings)
+    if as_json:
+        sys.stdout.write(json.dumps(found, indent=2) + "\n")
+    else:
+        agent_list.render(found, Console(), settings.app_id)
+
+
 @app.command()
 def status(
     worker: Annotated[

@@ -151,16 +151,6 @@ class Topics:
         return (self.events, self.analysis_requests, self.insights, self.performance,
                 self.errors, self.dead_letter)
 
-    def of_agents(self) -> dict[str, str]:
-        """The topic each agent reads; its consumer group is ``<APP_ID>-<agent>``."""
-        return {
-            "batcher": self.events,
-            "analyst": self.analysis_requests,
-            "sink-insights": self.insights,
-            "sink-errors": self.errors,
-            "sink-performance": self.performance,
-        }
-
 
 #: The names with no TOPIC_PREFIX.
 DEFAULT_TOPICS = Topics()

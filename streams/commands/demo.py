@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
+from agents.registry import BUILT_IN
 from streams import config
 from streams.commands.produce import ProduceReport
 from streams.commands.produce import produce as send_traffic
@@ -68,8 +69,8 @@ _INSIGHT_GRACE_MODEL_S = 180.0
 # they take well under a second at the demo's volume.
 _SINK_GRACE_S = 15.0
 _SINK_POLL_S = 0.2
-# The worker's agents: every one that fills a table (agents/app.py, known_agents).
-_AGENTS = ("batcher", "analyst", "sink-insights", "sink-errors", "sink-performance")
+# The worker's agents: ours, every one of which fills a table.
+_AGENTS = tuple(agent.name for agent in BUILT_IN)
 # Rows of the per-source and per-type breakdowns in the summary.
 _TOP = 5
 _WORKER_STOP_TIMEOUT_S = 45.0

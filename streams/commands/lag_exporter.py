@@ -12,6 +12,7 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from agents.registry import topics_read
 from streams import config
 from streams.adapters import logs
 from streams.adapters.kafka import ensure_reachable
@@ -24,7 +25,7 @@ def run(settings: config.Settings) -> None:
     """Serve /metrics on LAG_EXPORTER_PORT until SIGTERM or SIGINT."""
     logs.configure(settings.log_level, settings.log_format)
     log = logs.get_logger(__name__)
-    groups = agent_groups(settings.app_id, settings.topics.of_agents())
+    groups = agent_groups(settings.app_id, topics_read(settings.topics))
     collector = LagCollector()
     registry = CollectorRegistry()
     registry.register(collector)

@@ -46,6 +46,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from agents.registry import topics_read
 from streams import config
 from streams.adapters.kafka import Cluster, client_conf, kafka_error
 from streams.core import times
@@ -65,7 +66,7 @@ def resolve_group(name: str, app_id: str, topic: str | None,
                   topics: config.Topics = config.DEFAULT_TOPICS) -> tuple[str, str]:
     """(consumer group, topic): an agent's name stands for ``<APP_ID>-<agent>``, and an
     agent's group reads the agent's topic unless ``topic`` says otherwise."""
-    read = topics.of_agents()
+    read = topics_read(topics)
     group = f"{app_id}-{name}" if name in read else name
     if topic is None:
         for agent, agent_topic in read.items():

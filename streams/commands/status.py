@@ -20,6 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from agents.registry import topics_read
 from streams import config
 from streams.adapters import dlq
 from streams.adapters.kafka import Cluster
@@ -104,7 +105,7 @@ def gather(settings: config.Settings, worker_urls: list[str], insights: int = 5,
         with Cluster(bootstrap, "streamsight-status", timeout=_TIMEOUT_S) as cluster:
             topics = _topics(cluster)
             reader = LagReader(bootstrap,
-                               agent_groups(settings.app_id, settings.topics.of_agents()),
+                               agent_groups(settings.app_id, topics_read(settings.topics)),
                                client_id=f"{settings.app_id}-status", cluster=cluster)
             try:
                 lag = reader.read()

@@ -8,7 +8,8 @@ import gc
 import faust
 import uvloop
 
-from agents.app import create_app, resolve_agents
+from agents import registry
+from agents.app import create_app
 from streams.adapters import group_protocol, logs
 from streams.adapters.db import migrate_and_apply_policies
 from streams.adapters.ports import ensure_free
@@ -18,7 +19,7 @@ from streams.config import Settings
 def run_worker(settings: Settings, agents: list[str] | None) -> None:
     """Block until the worker stops (SIGTERM / SIGINT stop it cleanly)."""
     logs.configure(settings.log_level, settings.log_format)
-    chosen = resolve_agents(agents)
+    chosen = registry.choose(agents)
     if settings.web_enabled:
         ensure_free(settings.web_port, "WEB_PORT")
     # Before anything asks for an event loop, so that the app's loop is uvloop.

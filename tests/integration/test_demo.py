@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agents.app import known_agents
+from agents.registry import BUILT_IN
 from streams.local.embedded import drop_database, dsn_for_database
 
 pytestmark = pytest.mark.integration
@@ -206,7 +206,7 @@ def test_demo_seals_batches_and_accounts_for_every_event(
     assert not (REPO / "demo-data").exists()
 
     # The worker runs every agent, the sinks included.
-    assert f"worker ({', '.join(known_agents())})" in out, out
+    assert f"worker ({', '.join(a.name for a in BUILT_IN)})" in out, out
 
     # The summary reads the tables once the sinks caught up, while the worker still runs
     # (the hint follows it), and never had to give up waiting for them.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agents.registry import topics_read
 from streams import config
 from streams.errors import ConfigError
 
@@ -112,7 +113,7 @@ def test_topic_prefix_names_every_topic_and_agent(monkeypatch: pytest.MonkeyPatc
     assert topics.names() == ("acme.prod.events", "acme.prod.analysis-requests",
                               "acme.prod.insights", "acme.prod.performance",
                               "acme.prod.errors", "acme.prod.dead-letter")
-    assert topics.of_agents()["batcher"] == "acme.prod.events"
-    assert topics.of_agents()["sink-errors"] == "acme.prod.errors"
+    assert topics_read(topics)["batcher"] == "acme.prod.events"
+    assert topics_read(topics)["sink-errors"] == "acme.prod.errors"
     monkeypatch.delenv("TOPIC_PREFIX")
     assert config.load(_env_file=None).topics == config.DEFAULT_TOPICS
